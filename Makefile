@@ -1,0 +1,35 @@
+# Two commands from a fresh clone: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CONFIG ?= configs/imdb.yaml
+ARGS ?=
+
+.PHONY: install run test test-slow lint bench clean
+
+# Re-install only when pyproject.toml changes.
+install: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+run: install
+	$(BIN)/pipeline run --config $(CONFIG) $(ARGS)
+
+lint: install
+	$(BIN)/ruff check pipeline tests benchmarks
+
+test: install lint
+	$(BIN)/pytest -q
+
+# The slow tests train on the real corpora in ../shared/data.
+test-slow: install
+	$(BIN)/pytest -q -m slow
+
+bench: install
+	$(BIN)/python benchmarks/throughput.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) data models mlruns mlflow.db .pytest_cache

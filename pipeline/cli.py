@@ -1,0 +1,129 @@
+"""The `pipeline` command line: one command per stage, `run` for all of them, and tools that
+use an exported model. Commands only parse options, build the config and call one function."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from pipeline.config import load_config
+from pipeline.errors import PipelineError
+
+STAGE_HELP = {
+    "prepare": "Read the dataset (TFDS or local files) and write normalised splits.",
+    "tokenize": "Train SentencePiece on the training split and encode every split.",
+    "train": "Train the LSTM with model.fit, early stopping and checkpoints.",
+    "evaluate": "Compute test metrics, a confusion matrix and learning curves.",
+    "export": "Write a SavedModel that takes raw text, under export.dir/<run name>/<version>/.",
+}
+
+
+def common_options(command):
+    """The options every pipeline command takes."""
+
+    @click.option("--config", "config_path", type=click.Path(dir_okay=False),
+                  help="YAML preset, e.g. configs/sst2_local.yaml. Without it, built-in defaults (the imdb preset).")
+    @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                  help="Override one config key, e.g. --set train.epochs=3. Repeatable; values are YAML scalars.")
+    @click.option("--workdir", type=click.Path(file_okay=False),
+                  help="Where stage outputs go. Default: data/work/<config name>.")
+    @click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI",
+                  help="MLflow tracking URI. Default: MLflow's own (sqlite:///mlflow.db here).")
+    @click.option("--experiment", envvar="MLFLOW_EXPERIMENT_NAME", help="MLflow experiment name. Default: pipeline.")
+    @functools.wraps(command)
+    def wrapper(config_path, overrides, workdir, tracking_uri, experiment, **kwargs):
+        with _errors_as_one_line():
+            config = load_config(config_path, overrides)
+            workdir = Path(workdir or Path("data") / "work" / config.name)
+            from pipeline import tracking
+
+            tracking.configure(tracking_uri, experiment)
+            return command(config=config, workdir=workdir, **kwargs)
+
+    return wrapper
+
+
+class _errors_as_one_line:
+    """Show the project's own errors as one `Error: ...` line and a non-zero exit."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if isinstance(error, PipelineError):
+            raise click.ClickException(str(error)) from None
+        return False
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Show TensorFlow's own log lines too.")
+def main(verbose: bool) -> None:
+    """Train, evaluate and export LSTM text models (sentiment analysis, language modelling),
+    with every run tracked in MLflow.
+
+    Run all stages with `pipeline run --config configs/sst2_local.yaml`, or one at a time.
+    """
+    if not verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    for noisy in ("absl", "tensorflow", "h5py", "matplotlib", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.ERROR)
+
+
+@main.command()
+@common_options
+def run(config, workdir) -> None:
+    """Run prepare, tokenize, train, evaluate and export in order, in one MLflow parent run."""
+    from pipeline import runner
+
+    results = runner.run_all(config, workdir)
+    metrics = results["evaluate"].metrics
+    click.echo(" ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    click.echo(f"exported {results['export'].path}")
+
+
+def _stage_command(stage: str):
+    @common_options
+    def command(config, workdir) -> None:
+        from pipeline import runner
+
+        runner.run_stage(stage, config, workdir)
+
+    command.__doc__ = STAGE_HELP[stage]
+    main.command(name=stage, help=STAGE_HELP[stage])(command)
+
+
+for _stage in STAGE_HELP:
+    _stage_command(_stage)
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("texts", nargs=-1)
+@click.option("--input", "input_file", type=click.File("r", encoding="utf-8"),
+              help="Read texts from this file, one per line ('-' for standard input).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per text instead of a table.")
+def predict(model_dir, texts, input_file, as_json) -> None:
+    """Classify TEXTS with the exported sentiment model in MODEL_DIR.
+
+    MODEL_DIR is a version folder (models/<run>/<version>) or a run folder, whose newest
+    version is used.
+    """
+    texts = list(texts) + ([line.rstrip("\n") for line in input_file] if input_file else [])
+    if not texts:
+        raise click.UsageError("give TEXT arguments or --input FILE")
+    with _errors_as_one_line():
+        from pipeline import predict as predict_lib
+
+        results = predict_lib.classify(model_dir, texts)
+    for row in results:
+        if as_json:
+            click.echo(json.dumps(row, ensure_ascii=False))
+        else:
+            click.echo(f"{row['label']}\t{row['probabilities'][row['label']]:.3f}\t{row['text']}")

@@ -1,0 +1,286 @@
+"""Run configuration: frozen dataclasses, YAML presets and `--set key=value` overrides.
+
+A `Config` is built once per command from defaults, then a YAML preset, then overrides, and is
+never mutated afterwards. Every key is checked: an unknown key or a value of the wrong type is a
+`ConfigError` that names the key and, for a typo, the nearest valid key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from pipeline.errors import ConfigError
+
+TASKS = ("sentiment", "lm")
+DATA_FORMATS = ("auto", "label_text", "csv", "tsv", "jsonl", "text", "folder")
+TOKENIZER_TYPES = ("unigram", "bpe", "char", "word")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the examples come from and how to read them."""
+
+    # A tensorflow-datasets name such as `imdb_reviews`; when set, the split keys below are TFDS
+    # split expressions, otherwise they are local file or folder paths.
+    tfds: str | None = "imdb_reviews"
+    train: str | None = "train"
+    validation: str | None = None
+    test: str | None = "test"
+    format: Literal["auto", "label_text", "csv", "tsv", "jsonl", "text", "folder"] = "auto"
+    text_field: str = "text"
+    label_field: str = "label"
+    encoding: str = "utf-8"
+    # Used only for a split that is not given: carved from train, seeded and stratified.
+    validation_fraction: float = 0.1
+    test_fraction: float = 0.1
+    # For `task: lm` with `format: text`: is a document a whole file or one line?
+    document: Literal["file", "line"] = "file"
+    tfds_data_dir: str = "data/tfds"
+    # Folder holding pre-placed TFDS downloads, for machines without network access.
+    manual_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """SentencePiece model trained on the training split."""
+
+    vocab_size: int = 8000
+    model_type: Literal["unigram", "bpe", "char", "word"] = "unigram"
+    character_coverage: float = 0.9995
+    # SentencePiece samples at most this many sentences to train on, which bounds memory.
+    max_sentences: int = 1_000_000
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """LSTM architecture; every choice here keeps the cuDNN kernel eligible on a GPU."""
+
+    embedding_dim: int = 128
+    layers: int = 2
+    units: int = 128
+    bidirectional: bool = True
+    dropout: float = 0.3
+    # Anything above 0 rules out the cuDNN kernel; kept for users who accept that cost.
+    recurrent_dropout: float = 0.0
+    pooling: Literal["final", "mean", "max"] = "final"
+    tie_embeddings: bool = False
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and batching."""
+
+    epochs: int = 5
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    max_length: int = 256
+    sequence_length: int = 128
+    seed: int = 42
+    patience: int = 2
+    buckets: int = 5
+    mixed_precision: Literal["auto", "on", "off"] = "auto"
+    deterministic: bool = False
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Where SavedModels go."""
+
+    dir: str = "models"
+    register_as: str | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything one pipeline run needs."""
+
+    name: str = "imdb"
+    task: Literal["sentiment", "lm"] = "sentiment"
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Build a config from the defaults, an optional YAML preset and `key=value` overrides.
+
+    Args:
+        path: a YAML file whose nested mappings mirror `Config`.
+        overrides: strings such as `train.epochs=3`; values are parsed as YAML scalars.
+
+    Returns:
+        The validated, frozen config.
+    """
+    tree: dict[str, Any] = {}
+    if path is not None:
+        tree = _read_yaml(Path(path))
+        if "name" not in tree:
+            tree["name"] = Path(path).stem
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_dotted(tree, key, value)
+    config = _build(Config, tree, prefix="")
+    _check_values(config)
+    return config
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """Split `a.b=value` into its key and its YAML-parsed value."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r} is not KEY=VALUE (for example train.epochs=3)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {item!r}: value is not valid YAML ({err})") from None
+    return key.strip(), value
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    """The config as nested plain dicts, as written to YAML."""
+    return dataclasses.asdict(config)
+
+
+def flatten(config: Config) -> dict[str, Any]:
+    """The config as `{"model.units": 128, ...}`, the form logged as MLflow params."""
+    flat: dict[str, Any] = {}
+
+    def walk(node: dict[str, Any], prefix: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            else:
+                flat[f"{prefix}{key}"] = value
+
+    walk(to_dict(config), "")
+    return flat
+
+
+def dump_yaml(config: Config, path: Path) -> None:
+    """Write the resolved config, loadable again with `load_config(path)`."""
+    path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False), encoding="utf-8")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass a YAML preset from configs/")
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {path} is not valid UTF-8 YAML: {err}") from None
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys, not {type(tree).__name__}")
+    return tree
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    node = tree
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {key}: {part} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _build(cls: type, tree: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(_unknown_key_message(dotted, [f"{prefix}{n}" for n in names]))
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key {dotted} is a section; set its keys, e.g. {dotted}.x")
+            kwargs[key] = _build(hint, value, prefix=f"{dotted}.")
+        else:
+            kwargs[key] = _coerce(dotted, value, hint)
+    return cls(**kwargs)
+
+
+def _unknown_key_message(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f"did you mean {close[0]}?" if close else f"valid keys here: {', '.join(valid)}"
+    return f"unknown config key {key}; {hint}"
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Check `value` against the annotation `hint`, allowing int -> float only."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise ConfigError(f"config key {key} must be one of {', '.join(map(str, choices))}; got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        hint = next(o for o in options if o is not type(None))
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(
+            f"config key {key} must be {hint.__name__}; got {value!r} ({type(value).__name__})"
+        )
+    return value
+
+
+def _check_values(config: Config) -> None:
+    """Range checks that the types alone cannot express."""
+    positive = {
+        "tokenizer.vocab_size": config.tokenizer.vocab_size,
+        "model.embedding_dim": config.model.embedding_dim,
+        "model.layers": config.model.layers,
+        "model.units": config.model.units,
+        "train.epochs": config.train.epochs,
+        "train.batch_size": config.train.batch_size,
+        "train.max_length": config.train.max_length,
+        "train.sequence_length": config.train.sequence_length,
+        "train.buckets": config.train.buckets,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"config key {key} must be at least 1; got {value}")
+    fractions = {
+        "data.validation_fraction": config.data.validation_fraction,
+        "data.test_fraction": config.data.test_fraction,
+        "model.dropout": config.model.dropout,
+        "model.recurrent_dropout": config.model.recurrent_dropout,
+    }
+    for key, value in fractions.items():
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"config key {key} must be in [0, 1); got {value}")
+    if config.train.learning_rate <= 0:
+        raise ConfigError(f"config key train.learning_rate must be positive; got {config.train.learning_rate}")
+    if config.data.train is None:
+        raise ConfigError("config key data.train is required: a TFDS split or a local file")
+    if config.task == "lm" and config.model.bidirectional:
+        raise ConfigError(
+            "config key model.bidirectional must be false for task lm: a language model predicts "
+            "the next token, and a backward LSTM would see it; set model.bidirectional=false"
+        )
+
+
+def run_name(config: Config) -> str:
+    """A name that says what the run is, e.g. `sst2-bilstm-2x128`."""
+    kind = "bilstm" if config.model.bidirectional else "lstm"
+    return f"{config.name}-{kind}-{config.model.layers}x{config.model.units}"

@@ -1,0 +1,106 @@
+"""Stage 4, evaluate: score the trained model on the test split and draw its plots.
+
+Reads `<workdir>/train/` (`model.keras`, `history.csv`), `<workdir>/tokenize/test.npz` and
+`<workdir>/prepare/labels.json`.
+Writes to `<workdir>/evaluate/`:
+  - `metrics.json`: `test_*` metrics (sentiment: accuracy, macro-F1, ROC-AUC for two classes,
+    loss; language model: loss in nats per token, perplexity, bits per character);
+  - `confusion_matrix.png` (sentiment) and `curve_<metric>.png` learning curves.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from pipeline import data, plots
+from pipeline.config import Config
+from pipeline.tokenize import load_split
+from pipeline.workdir import atomic_output, require_stage, stage_dir
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvaluateResult:
+    """The test metrics and where they were written."""
+
+    output_dir: Path
+    metrics: dict[str, float]
+
+
+def run(config: Config, workdir: str | Path) -> EvaluateResult:
+    """Compute test metrics and plots for the model in `<workdir>/train/`."""
+    trained = require_stage(workdir, "train", needed_by="evaluate")
+    tokenized = require_stage(workdir, "tokenize", needed_by="evaluate")
+    model = keras.saving.load_model(trained / "model.keras", safe_mode=True)
+    test = load_split(tokenized, "test")
+    with atomic_output(stage_dir(workdir, "evaluate")) as out:
+        if config.task == "lm":
+            metrics = language_model_metrics(model, test, config.train.sequence_length, config.train.batch_size)
+        else:
+            labels = json.loads((Path(workdir) / "prepare" / "labels.json").read_text(encoding="utf-8"))
+            probs = predict_probabilities(model, test, config.train.batch_size)
+            metrics = classification_metrics(test["labels"], probs)
+            matrix = _confusion(test["labels"], probs, len(labels))
+            plots.confusion_matrix(matrix, labels, out / "confusion_matrix.png")
+        plots.learning_curves(trained / "history.csv", out)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+    log.info("test metrics: %s", ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    return EvaluateResult(stage_dir(workdir, "evaluate"), metrics)
+
+
+def predict_probabilities(model: keras.Model, arrays: dict[str, np.ndarray], batch_size: int) -> np.ndarray:
+    """Class probabilities for every example, in file order."""
+    return model.predict(data.ordered_batches(arrays, batch_size), verbose=0)
+
+
+def classification_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    """`test_accuracy`, `test_macro_f1`, `test_loss` and, for two classes, `test_auc`."""
+    from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score
+
+    predicted = probs.argmax(axis=1)
+    classes = list(range(probs.shape[1]))
+    metrics = {
+        "test_accuracy": float(accuracy_score(labels, predicted)),
+        "test_macro_f1": float(f1_score(labels, predicted, average="macro", labels=classes, zero_division=0)),
+        "test_loss": float(log_loss(labels, probs, labels=classes)),
+    }
+    if probs.shape[1] == 2 and len(np.unique(labels)) == 2:
+        metrics["test_auc"] = float(roc_auc_score(labels, probs[:, 1]))
+    return metrics
+
+
+def language_model_metrics(model: keras.Model, arrays: dict[str, np.ndarray], sequence_length: int,
+                           batch_size: int) -> dict[str, float]:
+    """Cross-entropy over every predicted token of the test stream, and bits per character.
+
+    Bits per character is the total cross-entropy in bits divided by the characters of the
+    evaluated text, so it is comparable across tokenizers.
+    """
+    dataset = data.lm_dataset(arrays["ids"], sequence_length, batch_size, shuffle=False)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")
+    total_nats, tokens = 0.0, 0
+    for inputs, targets in dataset:
+        total_nats += float(loss(targets, model(inputs, training=False)))
+        tokens += int(np.prod(targets.shape))
+    # Only the windowed tokens were scored; scale characters to the same share of the stream.
+    characters = float(arrays["characters"].sum()) * tokens / max(len(arrays["ids"]) - 1, 1)
+    per_token = total_nats / tokens
+    return {
+        "test_loss": per_token,
+        "test_perplexity": math.exp(min(per_token, 50.0)),
+        "test_bits_per_char": total_nats / math.log(2) / characters,
+    }
+
+
+def _confusion(labels: np.ndarray, probs: np.ndarray, num_classes: int) -> np.ndarray:
+    from sklearn.metrics import confusion_matrix
+
+    return confusion_matrix(labels, probs.argmax(axis=1), labels=list(range(num_classes)))

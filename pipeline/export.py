@@ -1,0 +1,90 @@
+"""Stage 5, export: a SavedModel that takes raw text, tokenizer included.
+
+Reads `<workdir>/train/model.keras`, `<workdir>/tokenize/tokenizer.model` and, for sentiment,
+`<workdir>/prepare/labels.json`.
+Writes `<export.dir>/<run name>/<version>/`, the numbered layout TF Serving reads, with a new
+version number each time. Its `serving_default` signature maps a batch of UTF-8 strings to
+`probabilities` and the predicted `label`. Tokenization runs in the graph (tensorflow-text's
+SentencePiece op), so a client needs TensorFlow and `import tensorflow_text`, nothing else.
+`pipeline.json` beside `saved_model.pb` records the task and labels.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+import tensorflow_text as tf_text
+
+from pipeline import config as config_lib
+from pipeline.config import Config
+from pipeline.workdir import atomic_output, require_stage
+
+log = logging.getLogger(__name__)
+INFO_FILE = "pipeline.json"
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """Where the SavedModel went."""
+
+    path: Path
+    version: int
+
+
+class SentimentServer(tf.Module):
+    """Raw strings in, class probabilities and label strings out."""
+
+    def __init__(self, model: keras.Model, tokenizer_model: bytes, labels: list[str], max_length: int):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tf_text.SentencepieceTokenizer(model=tokenizer_model, add_bos=True)
+        self.labels = tf.constant(labels)
+        self.max_length = max_length
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+    def serve(self, text):
+        # Same ids as the tokenize stage: BOS first, cut to train.max_length, right-padded with 0.
+        ids = self.tokenizer.tokenize(text)[:, : self.max_length]
+        probabilities = self.model(ids.to_tensor(default_value=0), training=False)
+        label = tf.gather(self.labels, tf.argmax(probabilities, axis=-1))
+        return {"probabilities": probabilities, "label": label}
+
+
+def run(config: Config, workdir: str | Path) -> ExportResult:
+    """Export the trained model under the next version number of `<export.dir>/<run name>/`."""
+    trained = require_stage(workdir, "train", needed_by="export")
+    tokenized = require_stage(workdir, "tokenize", needed_by="export")
+    model = keras.saving.load_model(trained / "model.keras", safe_mode=True)
+    tokenizer_model = (tokenized / "tokenizer.model").read_bytes()
+    if config.task == "lm":
+        from pipeline.generation import build_lm_server
+
+        server, signatures = build_lm_server(model, tokenizer_model)
+        info = {"task": "lm"}
+    else:
+        labels = json.loads((Path(workdir) / "prepare" / "labels.json").read_text(encoding="utf-8"))
+        server = SentimentServer(model, tokenizer_model, labels, config.train.max_length)
+        signatures = {"serving_default": server.serve}
+        info = {"task": "sentiment", "labels": labels}
+    root = Path(config.export.dir) / config_lib.run_name(config)
+    version = next_version(root)
+    with atomic_output(root / str(version)) as out:
+        tf.saved_model.save(server, str(out), signatures=signatures)
+        info.update(run_name=config_lib.run_name(config), version=version, max_length=config.train.max_length)
+        (out / INFO_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False), encoding="utf-8")
+        (out / "assets").mkdir(exist_ok=True)
+        shutil.copy(tokenized / "tokenizer.model", out / "assets" / "tokenizer.model")
+    log.info("exported %s", root / str(version))
+    return ExportResult(root / str(version), version)
+
+
+def next_version(root: Path) -> int:
+    """One more than the highest numbered version folder under `root` (1 for none)."""
+    versions = [int(p.name) for p in root.glob("*") if p.is_dir() and p.name.isdigit()]
+    return max(versions, default=0) + 1

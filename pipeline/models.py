@@ -1,0 +1,191 @@
+"""Keras LSTM models for both tasks, and the check that each LSTM can run on cuDNN.
+
+Builders take explicit hyperparameters; `build_model(config, ...)` is the one bridge from a
+`Config`. Every LSTM is built with the settings under which Keras 3 on TensorFlow picks the
+fused cuDNN kernel when a GPU is visible: tanh activation, sigmoid recurrent activation,
+`use_bias=True`, `unroll=False` and no recurrent dropout. Inputs use id 0 as padding and are
+right-padded, with BOS first in every row, which is what that kernel demands of a mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras
+
+from pipeline.config import Config
+
+
+def build_sentiment_lstm(
+    vocab_size: int,
+    num_classes: int,
+    *,
+    embedding_dim: int = 128,
+    units: int = 128,
+    layers: int = 2,
+    bidirectional: bool = True,
+    dropout: float = 0.3,
+    recurrent_dropout: float = 0.0,
+    pooling: str = "final",
+) -> keras.Model:
+    """A text classifier: Embedding -> stacked (Bi)LSTMs -> pooled state -> softmax.
+
+    Args:
+        vocab_size: number of token ids, 0 being padding.
+        num_classes: size of the softmax.
+        pooling: `final` uses the last LSTM's final state (both directions' when
+            bidirectional); `mean` averages its outputs over the unmasked positions.
+
+    Returns:
+        A model from int32 token ids `[batch, time]` to class probabilities `[batch, classes]`.
+    """
+    ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
+    x = keras.layers.Embedding(vocab_size, embedding_dim, mask_zero=True, name="embedding")(ids)
+    x = keras.layers.Dropout(dropout, name="embedding_dropout")(x)
+    for i in range(layers):
+        last = i == layers - 1
+        lstm = _lstm(units, return_sequences=not (last and pooling == "final"),
+                     recurrent_dropout=recurrent_dropout, name=f"lstm_{i}")
+        if bidirectional:
+            lstm = keras.layers.Bidirectional(lstm, name=f"bidirectional_{i}")
+        x = lstm(x)
+        x = keras.layers.Dropout(dropout, name=f"dropout_{i}")(x)
+    if pooling == "mean":
+        x = keras.layers.GlobalAveragePooling1D(name="mean_pool")(x)
+    # The softmax stays float32 under mixed precision, for a numerically stable loss.
+    probs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="classifier")(x)
+    return keras.Model(ids, probs, name="sentiment_lstm")
+
+
+def build_language_model_lstm(
+    vocab_size: int,
+    *,
+    embedding_dim: int = 256,
+    units: int = 512,
+    layers: int = 2,
+    dropout: float = 0.2,
+    recurrent_dropout: float = 0.0,
+    tie_embeddings: bool = False,
+) -> keras.Model:
+    """A next-token model: Embedding -> stacked LSTMs -> logits over the vocabulary.
+
+    With `tie_embeddings`, the output projection reuses the embedding matrix, and a Dense layer
+    maps the last LSTM's output to `embedding_dim` first.
+
+    Returns:
+        A model from int32 ids `[batch, time]` to float32 logits `[batch, time, vocab_size]`.
+    """
+    ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
+    embedding = ReversibleEmbedding(vocab_size, embedding_dim, name="embedding")
+    x = keras.layers.Dropout(dropout, name="embedding_dropout")(embedding(ids))
+    for i in range(layers):
+        x = _lstm(units, return_sequences=True, recurrent_dropout=recurrent_dropout, name=f"lstm_{i}")(x)
+        x = keras.layers.Dropout(dropout, name=f"dropout_{i}")(x)
+    if tie_embeddings:
+        x = keras.layers.Dense(embedding_dim, name="projection")(x)
+        logits = embedding(x, reverse=True)
+    else:
+        logits = keras.layers.Dense(vocab_size, dtype="float32", name="logits")(x)
+    return keras.Model(ids, logits, name="language_model_lstm")
+
+
+@keras.saving.register_keras_serializable(package="pipeline")
+class ReversibleEmbedding(keras.layers.Embedding):
+    """An embedding whose matrix also serves as the output projection (Press & Wolf, 2017).
+
+    Called on ids it embeds them; called with `reverse=True` on vectors it returns float32
+    logits over the vocabulary. Being one layer, the tie survives saving and loading.
+    """
+
+    def call(self, inputs, reverse=False):
+        if not reverse:
+            return super().call(inputs)
+        x = keras.ops.cast(inputs, "float32")
+        return keras.ops.matmul(x, keras.ops.transpose(keras.ops.cast(self.embeddings, "float32")))
+
+    def compute_output_spec(self, inputs, reverse=False):
+        if not reverse:
+            return super().compute_output_spec(inputs)
+        return keras.KerasTensor((*inputs.shape[:-1], self.input_dim), dtype="float32")
+
+
+def build_model(config: Config, vocab_size: int, num_classes: int = 0) -> keras.Model:
+    """The model `config` describes, for a tokenizer of `vocab_size` ids."""
+    m = config.model
+    if config.task == "lm":
+        return build_language_model_lstm(
+            vocab_size, embedding_dim=m.embedding_dim, units=m.units, layers=m.layers,
+            dropout=m.dropout, recurrent_dropout=m.recurrent_dropout, tie_embeddings=m.tie_embeddings,
+        )
+    return build_sentiment_lstm(
+        vocab_size, num_classes, embedding_dim=m.embedding_dim, units=m.units, layers=m.layers,
+        bidirectional=m.bidirectional, dropout=m.dropout, recurrent_dropout=m.recurrent_dropout,
+        pooling=m.pooling,
+    )
+
+
+def _lstm(units: int, *, return_sequences: bool, recurrent_dropout: float, name: str) -> keras.layers.LSTM:
+    # Each argument below is spelled out because changing it would silently lose cuDNN.
+    return keras.layers.LSTM(
+        units,
+        activation="tanh",
+        recurrent_activation="sigmoid",
+        use_bias=True,
+        unroll=False,
+        recurrent_dropout=recurrent_dropout,
+        return_sequences=return_sequences,
+        name=name,
+    )
+
+
+@dataclass(frozen=True)
+class LSTMKernel:
+    """Whether one LSTM layer can use the cuDNN kernel, and if not, why."""
+
+    layer: str
+    cudnn_eligible: bool
+    reason: str
+
+
+def lstm_layers(model: keras.Model) -> list[keras.layers.LSTM]:
+    """Every LSTM in `model`, including both directions of a `Bidirectional` wrapper."""
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Bidirectional):
+            found += [layer.forward_layer, layer.backward_layer]
+        elif isinstance(layer, keras.layers.LSTM):
+            found.append(layer)
+    return found
+
+
+def cudnn_report(model: keras.Model) -> list[LSTMKernel]:
+    """Check each LSTM against the conditions Keras 3 on TF has for its cuDNN kernel.
+
+    The conditions mirror `keras.layers.LSTM`: tanh and sigmoid activations, a bias, no
+    unrolling, no recurrent dropout and `use_cudnn` not False. A GPU must also be visible,
+    which `gpu_visible()` reports separately.
+    """
+    report = []
+    for lstm in lstm_layers(model):
+        problems = []
+        if lstm.activation is not keras.activations.tanh:
+            problems.append("activation is not tanh")
+        if lstm.recurrent_activation is not keras.activations.sigmoid:
+            problems.append("recurrent_activation is not sigmoid")
+        if not lstm.use_bias:
+            problems.append("use_bias=False")
+        if lstm.unroll:
+            problems.append("unroll=True")
+        if lstm.recurrent_dropout:
+            problems.append(f"recurrent_dropout={lstm.recurrent_dropout}")
+        if lstm.use_cudnn is False:
+            problems.append("use_cudnn=False")
+        report.append(LSTMKernel(lstm.name, not problems, "; ".join(problems) or "eligible"))
+    return report
+
+
+def gpu_visible() -> bool:
+    """Whether TensorFlow sees a GPU."""
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))

@@ -1,0 +1,53 @@
+"""Use an exported SavedModel: find it, check what it is, and run its signatures on raw text."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import ExportError
+from pipeline.export import INFO_FILE
+
+
+def resolve_export(model_dir: str | Path) -> tuple[Path, dict]:
+    """The version folder for `model_dir` (the newest one for a run folder) and its info."""
+    path = Path(model_dir)
+    if not path.exists():
+        raise ExportError(f"{path}: no such folder; pass an export such as models/<run name>/<version>")
+    if not (path / "saved_model.pb").is_file():
+        versions = sorted((p for p in path.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+        if not versions:
+            raise ExportError(f"{path} is not a SavedModel export (no saved_model.pb, no version folders)")
+        path = versions[-1]
+    info_path = path / INFO_FILE
+    if not info_path.is_file():
+        raise ExportError(f"{path} is a SavedModel but not one exported by `pipeline export` (no {INFO_FILE})")
+    return path, json.loads(info_path.read_text(encoding="utf-8"))
+
+
+def load(model_dir: str | Path, task: str):
+    """Load the export for `task`, or raise `ExportError` saying what the folder holds."""
+    path, info = resolve_export(model_dir)
+    if info.get("task") != task:
+        raise ExportError(f"{path} is a {info.get('task')} export, not a {task} one")
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401  registers the SentencePiece ops the graph uses
+
+    return tf.saved_model.load(str(path)), info
+
+
+def classify(model_dir: str | Path, texts: list[str]) -> list[dict]:
+    """Label and per-class probabilities for each text, from a sentiment export."""
+    import tensorflow as tf
+
+    loaded, info = load(model_dir, "sentiment")
+    outputs = loaded.signatures["serving_default"](text=tf.constant(texts, dtype=tf.string))
+    probabilities = outputs["probabilities"].numpy()
+    labels = [label.decode("utf-8") for label in outputs["label"].numpy()]
+    return [
+        {"text": text, "label": label,
+         "probabilities": {name: float(p) for name, p in zip(info["labels"], np.asarray(row))}}
+        for text, label, row in zip(texts, labels, probabilities)
+    ]

@@ -1,0 +1,199 @@
+"""Stage 1, prepare: read the raw source and normalise it, one file per split.
+
+Reads: a tensorflow-datasets split (`data.tfds`) or the user's local files (`data.train`, ...).
+Writes to `<workdir>/prepare/`:
+  - `train.jsonl`, `validation.jsonl`, `test.jsonl`: one `{"text": ..., "label": id}` per line
+    (`label` is absent for `task: lm`);
+  - `labels.json`: the label vocabulary, id order (sentiment only);
+  - `stats.json`: per split, the example count, the class balance and length quantiles.
+A split that is not given is carved from train: stratified and seeded for sentiment, a
+contiguous tail of the text for language modelling.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.config import Config
+from pipeline.errors import DataError
+from pipeline.readers import Examples, read_local, read_tfds
+from pipeline.workdir import atomic_output, stage_dir
+
+log = logging.getLogger(__name__)
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass(frozen=True)
+class PrepareResult:
+    """What the prepare stage wrote."""
+
+    output_dir: Path
+    counts: dict[str, int]
+    labels: list[str]
+    skipped_blank: int
+
+
+def run(config: Config, workdir: str | Path) -> PrepareResult:
+    """Read every split, carve the missing ones, and write them under `<workdir>/prepare/`."""
+    splits = {name: _read_split(config, name) for name in SPLITS if _source(config, name)}
+    skipped = sum(s.skipped_blank for s in splits.values())
+    if skipped:
+        log.info("skipped %d blank texts", skipped)
+    splits = _carve_missing(config, splits)
+    labels = _label_vocabulary(config, splits)
+    with atomic_output(stage_dir(workdir, "prepare")) as out:
+        for name, examples in splits.items():
+            _write_split(out / f"{name}.jsonl", examples, labels)
+        (out / "labels.json").write_text(json.dumps(labels, ensure_ascii=False), encoding="utf-8")
+        stats = {name: split_stats(examples) for name, examples in splits.items()}
+        stats["skipped_blank"] = skipped
+        (out / "stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False), encoding="utf-8")
+    counts = {name: len(examples.texts) for name, examples in splits.items()}
+    log.info("prepared %s", ", ".join(f"{k}={v}" for k, v in counts.items()))
+    return PrepareResult(stage_dir(workdir, "prepare"), counts, labels, skipped)
+
+
+def read_examples(path: Path) -> tuple[list[str], list[int]]:
+    """Read a split written by this stage back as texts and label ids (empty for LM)."""
+    texts, labels = [], []
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            record = json.loads(line)
+            texts.append(record["text"])
+            if "label" in record:
+                labels.append(record["label"])
+    return texts, labels
+
+
+def split_stats(examples: Examples) -> dict:
+    """Count, class balance and character-length quantiles of one split."""
+    lengths = np.array([len(t) for t in examples.texts])
+    stats = {
+        "examples": len(examples.texts),
+        "characters": int(lengths.sum()),
+        "length_quantiles": {
+            f"p{q}": int(np.percentile(lengths, q)) for q in (0, 25, 50, 75, 90, 99, 100)
+        },
+    }
+    if examples.labels and examples.labels[0] is not None:
+        values, counts = np.unique(np.array(examples.labels, dtype=object).astype(str), return_counts=True)
+        stats["class_balance"] = {str(v): int(c) for v, c in zip(values, counts)}
+    return stats
+
+
+def _source(config: Config, split: str) -> str | None:
+    return getattr(config.data, split)
+
+
+def _read_split(config: Config, split: str) -> Examples:
+    data = config.data
+    source = _source(config, split)
+    if data.tfds:
+        examples = read_tfds(
+            data.tfds, source, task=config.task, text_field=data.text_field,
+            label_field=data.label_field, data_dir=data.tfds_data_dir, manual_dir=data.manual_dir,
+        )
+    else:
+        examples = read_local(
+            source, data.format, task=config.task, encoding=data.encoding,
+            text_field=data.text_field, label_field=data.label_field, document=data.document,
+        )
+    if not examples.texts:
+        raise DataError(f"{source}: split {split} has no non-blank texts; check data.{split}")
+    return examples
+
+
+def _carve_missing(config: Config, splits: dict[str, Examples]) -> dict[str, Examples]:
+    train = splits["train"]
+    wanted = {
+        name: getattr(config.data, f"{name}_fraction")
+        for name in ("validation", "test")
+        if name not in splits and getattr(config.data, f"{name}_fraction") > 0
+    }
+    if not wanted:
+        return splits
+    total = sum(wanted.values())
+    if config.task == "lm":
+        carved = _carve_tail(train, wanted)
+    else:
+        carved = _carve_stratified(train, wanted, seed=config.train.seed)
+    for name, examples in carved.items():
+        if not examples.texts:
+            raise DataError(
+                f"split {name} carved from data.train ({total:.0%} of it) is empty; "
+                f"give more training data or set data.{name} to a file"
+            )
+    log.info("carved %s from train", ", ".join(f"{k} ({v:.0%})" for k, v in wanted.items()))
+    return {**splits, **carved}
+
+
+def _carve_stratified(train: Examples, fractions: dict[str, float], seed: int) -> dict[str, Examples]:
+    """Split off each fraction per class, so every split keeps train's class balance."""
+    from sklearn.model_selection import train_test_split
+
+    remaining = np.arange(len(train.texts))
+    labels = np.array(train.labels, dtype=object).astype(str)
+    carved = {}
+    left = 1.0
+    for name, fraction in fractions.items():
+        try:
+            remaining, taken = train_test_split(
+                remaining, test_size=fraction / left, random_state=seed, stratify=labels[remaining]
+            )
+        except ValueError as err:
+            raise DataError(
+                f"cannot carve data.{name}_fraction={fraction} from data.train ({err}); "
+                f"give data.{name} as a file or use a larger training set"
+            ) from None
+        left -= fraction
+        carved[name] = _subset(train, np.sort(taken))
+    carved["train"] = _subset(train, np.sort(remaining))
+    return carved
+
+
+def _carve_tail(train: Examples, fractions: dict[str, float]) -> dict[str, Examples]:
+    """Cut contiguous tail chunks of the concatenated text: the LM must not see its test text."""
+    text = "\n".join(train.texts)
+    cuts = {}
+    end = len(text)
+    for name in reversed(list(fractions)):
+        start = end - int(len(text) * fractions[name])
+        cuts[name] = text[start:end]
+        end = start
+    carved = {name: Examples([chunk] if chunk.strip() else [], [None] if chunk.strip() else []) for name, chunk in cuts.items()}
+    carved["train"] = Examples([text[:end]], [None])
+    return carved
+
+
+def _subset(examples: Examples, indices: np.ndarray) -> Examples:
+    return Examples([examples.texts[i] for i in indices], [examples.labels[i] for i in indices])
+
+
+def _label_vocabulary(config: Config, splits: dict[str, Examples]) -> list[str]:
+    if config.task == "lm":
+        return []
+    seen = set(splits["train"].labels)
+    if len(seen) < 2:
+        raise DataError(f"{config.data.train}: training split has only label(s) {sorted(seen)}; need 2 or more classes")
+    for name, examples in splits.items():
+        unknown = set(examples.labels) - seen
+        if unknown:
+            raise DataError(
+                f"{_source(config, name) or name}: split {name} has labels the training split never saw: "
+                f"{', '.join(sorted(map(str, unknown))[:5])}; fix the labels or add them to training data"
+            )
+    # Integer-looking labels sort numerically, so "10" does not come before "2".
+    return sorted(seen, key=lambda v: (0, int(v), "") if v.lstrip("-").isdigit() else (1, 0, v))
+
+
+def _write_split(path: Path, examples: Examples, labels: list[str]) -> None:
+    index = {label: i for i, label in enumerate(labels)}
+    with path.open("w", encoding="utf-8") as f:
+        for text, label in zip(examples.texts, examples.labels):
+            record = {"text": text} if label is None else {"text": text, "label": index[label]}
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")

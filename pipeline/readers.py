@@ -1,0 +1,320 @@
+"""Readers that turn a user's files, or a tensorflow-datasets split, into `(text, label)` examples.
+
+Every reader returns a `Examples` value or raises `DataError` with a message that names the file
+(and line, where there is one) and says how to fix it. Labels are kept as strings here; the
+prepare stage maps them to ids. Texts that are blank after stripping are skipped and counted.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.errors import DataError
+
+SUFFIX_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
+
+
+@dataclass
+class Examples:
+    """Examples of one split, in file order."""
+
+    texts: list[str] = field(default_factory=list)
+    labels: list[str | None] = field(default_factory=list)
+    skipped_blank: int = 0
+
+    def add(self, text: str, label: str | None) -> None:
+        if text.strip():
+            self.texts.append(text)
+            self.labels.append(label)
+        else:
+            self.skipped_blank += 1
+
+
+def resolve_format(path: Path, fmt: str, task: str) -> str:
+    """The concrete format for `fmt="auto"`: by suffix, a folder, or the task's usual text form."""
+    if fmt != "auto":
+        return fmt
+    if path.is_dir():
+        return "folder"
+    if path.suffix.lower() in SUFFIX_FORMATS:
+        return SUFFIX_FORMATS[path.suffix.lower()]
+    return "text" if task == "lm" else "label_text"
+
+
+def read_local(
+    path: str | Path,
+    fmt: str,
+    *,
+    task: str = "sentiment",
+    encoding: str = "utf-8",
+    text_field: str = "text",
+    label_field: str = "label",
+    document: str = "file",
+) -> Examples:
+    """Read one split from a local file or folder.
+
+    Args:
+        path: the file, or for `folder` the directory holding one sub-folder per label.
+        fmt: one of `config.DATA_FORMATS`; `auto` picks by suffix.
+        task: `sentiment` needs labels; `lm` reads texts only.
+        encoding: the text encoding of every file read.
+        text_field, label_field: column or key names for csv, tsv and jsonl.
+        document: for `text`, whether a document is the whole file or one line.
+
+    Returns:
+        The split's examples; labels are `None` for `task="lm"`.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder; check the data.train/validation/test paths")
+    fmt = resolve_format(path, fmt, task)
+    if fmt == "folder":
+        return _read_folder(path, encoding, task)
+    if path.is_dir():
+        raise DataError(f"{path} is a folder; set data.format=folder or point at a file")
+    text = decode_file(path, encoding)
+    if not text.strip():
+        raise DataError(f"{path} is empty; give a file with at least one example")
+    if fmt == "text":
+        return _read_text(text, document, task, path)
+    fields = (text_field, None if task == "lm" else label_field)
+    if fmt == "label_text":
+        return _read_label_text(text)
+    if fmt in ("csv", "tsv"):
+        return _read_delimited(text, path, "," if fmt == "csv" else "\t", *fields)
+    if fmt == "jsonl":
+        return _read_jsonl(text, path, *fields)
+    raise DataError(f"{path}: unknown data.format {fmt!r}")
+
+
+def decode_file(path: Path, encoding: str) -> str:
+    """The file's text with universal newlines and no BOM, or a `DataError` naming the bad line."""
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise DataError(f"{path}: cannot read ({err.strerror})") from None
+    codec = "utf-8-sig" if encoding.replace("_", "-").lower() in ("utf-8", "utf8") else encoding
+    try:
+        text = raw.decode(codec)
+    except LookupError:
+        raise DataError(f"data.encoding {encoding!r} is not a known codec; try utf-8 or latin-1") from None
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}:{line}: bytes not valid in data.encoding={encoding}; "
+            "set data.encoding to the file's encoding (e.g. latin-1) or re-save it as UTF-8"
+        ) from None
+    if "\x00" in text:
+        line = text[: text.index("\x00")].count("\n") + 1
+        raise DataError(f"{path}:{line}: NUL byte in text; is this a binary file, or UTF-16 (set data.encoding)?")
+    # Universal newlines: \r\n and a lone \r both end a line, as Python's text mode reads them.
+    return io.StringIO(text, newline=None).read()
+
+
+def _read_text(text: str, document: str, task: str, path: Path) -> Examples:
+    if task != "lm":
+        raise DataError(
+            f"{path}: data.format=text has no labels; sentiment needs label_text, csv, tsv, jsonl or folder"
+        )
+    examples = Examples()
+    if document == "line":
+        for line in text.split("\n"):
+            examples.add(line, None)
+    else:
+        examples.add(text, None)
+    return examples
+
+
+def _read_label_text(text: str) -> Examples:
+    examples = Examples()
+    for line in text.split("\n"):
+        parts = line.split(None, 1)
+        if parts:
+            examples.add(parts[1] if len(parts) > 1 else "", parts[0])
+    return examples
+
+
+def _read_delimited(text: str, path: Path, delimiter: str, text_field: str, label_field: str | None) -> Examples:
+    csv.field_size_limit(sys.maxsize)
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    columns = reader.fieldnames or []
+    for wanted, key in ((text_field, "data.text_field"), (label_field, "data.label_field")):
+        if wanted is not None and wanted not in columns:
+            raise DataError(
+                f"{path}:1: no column {wanted!r} (columns: {', '.join(columns)}); set {key} to one of them"
+            )
+    examples = Examples()
+    try:
+        for row in reader:
+            body = row.get(text_field)
+            label = row.get(label_field) if label_field else None
+            if body is None or (label_field and label is None):
+                raise DataError(
+                    f"{path}:{reader.line_num}: row has fewer fields than the header; fix or delete the row"
+                )
+            if label_field and not label.strip():
+                raise DataError(f"{path}:{reader.line_num}: empty {label_field!r}; every row needs a label")
+            examples.add(body, label.strip() if label_field else None)
+    except csv.Error as err:
+        raise DataError(f"{path}:{reader.line_num}: malformed {'CSV' if delimiter == ',' else 'TSV'} ({err})") from None
+    return examples
+
+
+def _read_jsonl(text: str, path: Path, text_field: str, label_field: str | None) -> Examples:
+    examples = Examples()
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{number}: not valid JSON ({err.msg}); each line must be one object") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{path}:{number}: a JSON object is needed, got {type(record).__name__}")
+        for wanted, key in ((text_field, "data.text_field"), (label_field, "data.label_field")):
+            if wanted is not None and wanted not in record:
+                raise DataError(
+                    f"{path}:{number}: no key {wanted!r} (keys: {', '.join(map(str, record))}); "
+                    f"set {key} to one of them"
+                )
+        body = record[text_field]
+        if not isinstance(body, str):
+            raise DataError(f"{path}:{number}: {text_field!r} must be a string, got {type(body).__name__}")
+        label = record[label_field] if label_field else None
+        if label_field and (label is None or isinstance(label, (dict, list, bool))):
+            raise DataError(f"{path}:{number}: {label_field!r} must be a string or an integer, got {label!r}")
+        examples.add(body, str(label).strip() if label_field else None)
+    return examples
+
+
+def _read_folder(path: Path, encoding: str, task: str) -> Examples:
+    folders = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if task == "lm":
+        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        groups = [(None, files)]
+    else:
+        groups = [(d.name, sorted(p for p in d.iterdir() if p.is_file() and not p.name.startswith(".")))
+                  for d in folders]
+    examples = Examples()
+    for label, files in groups:
+        for file in files:
+            examples.add(decode_file(file, encoding), label)
+    if not examples.texts:
+        raise DataError(
+            f"{path}: no examples found; data.format=folder needs one sub-folder per label, one file per example"
+        )
+    return examples
+
+
+def read_tfds(
+    name: str,
+    split: str,
+    *,
+    task: str = "sentiment",
+    text_field: str = "text",
+    label_field: str = "label",
+    data_dir: str | Path = "data/tfds",
+    manual_dir: str | Path | None = None,
+) -> Examples:
+    """Read one split of a tensorflow-datasets dataset, preparing it first if needed.
+
+    Downloads go through TFDS itself. On a machine without network, place the files TFDS would
+    download in `manual_dir` (default `<data_dir>/downloads/manual`), named as in the builder's
+    checksums; a missing file and an unreachable host fail at once with a `DataError`.
+
+    Returns:
+        Examples whose labels are the dataset's class names (`None` for `task="lm"`).
+    """
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=str(data_dir))
+    except Exception as err:  # TFDS raises several types for an unknown name
+        raise DataError(f"data.tfds={name!r} is not a tensorflow-datasets name ({err})") from None
+    manual_dir = Path(manual_dir) if manual_dir else Path(data_dir) / "downloads" / "manual"
+    if not builder.is_prepared():
+        _check_download_possible(builder, name, manual_dir)
+        config = tfds.download.DownloadConfig(manual_dir=str(manual_dir))
+        try:
+            builder.download_and_prepare(download_config=config)
+        except OSError as err:
+            raise DataError(_offline_message(builder, name, manual_dir, reason=str(err)[:200])) from None
+    features = builder.info.features
+    text_key = _tfds_text_key(features, text_field, name)
+    label_key = None if task == "lm" else _tfds_label_key(features, label_field, name)
+    try:
+        dataset = builder.as_dataset(split=split)
+    except (ValueError, KeyError) as err:
+        raise DataError(f"data split {split!r} is not a valid split of {name}: {err}") from None
+    names = features[label_key].names if label_key else None
+    examples = Examples()
+    for record in tfds.as_numpy(dataset):
+        label = None
+        if label_key:
+            index = int(record[label_key])
+            if index < 0:
+                raise DataError(
+                    f"{name} split {split!r} has hidden labels (-1); evaluate on a labelled split "
+                    "(e.g. set data.test=validation) or carve one with data.test_fraction"
+                )
+            label = names[index]
+        examples.add(record[text_key].decode("utf-8"), label)
+    return examples
+
+
+def _tfds_text_key(features, wanted: str, name: str) -> str:
+    import tensorflow_datasets as tfds
+
+    if wanted in features:
+        return wanted
+    texts = [k for k, f in features.items() if isinstance(f, tfds.features.Text)]
+    if len(texts) != 1:
+        raise DataError(f"{name} has no text feature {wanted!r}; set data.text_field to one of {list(features)}")
+    return texts[0]
+
+
+def _tfds_label_key(features, wanted: str, name: str) -> str:
+    import tensorflow_datasets as tfds
+
+    if wanted in features and isinstance(features[wanted], tfds.features.ClassLabel):
+        return wanted
+    raise DataError(
+        f"{name} has no class-label feature {wanted!r}; set data.label_field to one of {list(features)}"
+    )
+
+
+def _check_download_possible(builder, name: str, manual_dir: Path) -> None:
+    """Fail in seconds, not after minutes of retries, when a download cannot work."""
+    import socket
+    from urllib.parse import urlsplit
+
+    urls = _needed_downloads(builder)
+    if urls and all((manual_dir / info.filename).is_file() for info in urls.values()):
+        return
+    hosts = sorted({urlsplit(url).hostname for url in urls} - {None})
+    for host in hosts:
+        try:
+            socket.create_connection((host, 443), timeout=3).close()
+        except OSError as err:
+            raise DataError(_offline_message(builder, name, manual_dir, reason=f"{host}: {err}")) from None
+
+
+def _offline_message(builder, name: str, manual_dir: Path, reason: str) -> str:
+    files = sorted({info.filename for info in _needed_downloads(builder).values()})
+    listed = ", ".join(files[:3]) + (" ..." if len(files) > 3 else "")
+    return (
+        f"could not download TFDS dataset {name} ({reason}); to run offline, place {listed} in "
+        f"{manual_dir} (or set data.manual_dir), or use local files with configs/sst2_local.yaml"
+    )
+
+
+def _needed_downloads(builder) -> dict:
+    """The downloads this builder config needs: GLUE's builder lists all tasks' files."""
+    urls = builder.url_infos or {}
+    own = getattr(builder.builder_config, "data_url", None)
+    return {own: urls[own]} if own in urls else urls

@@ -1,0 +1,99 @@
+"""The one module that talks to MLflow.
+
+Stages call the small functions here; each is a no-op when no MLflow run is active, so a stage
+also runs (and is tested) without tracking. `stage_run` opens the runs: one per stage, nested
+under the parent run that `pipeline run` opens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.keras import MlflowCallback
+
+log = logging.getLogger(__name__)
+DEFAULT_EXPERIMENT = "pipeline"
+
+
+def configure(tracking_uri: str | None, experiment: str | None) -> None:
+    """Point MLflow at `tracking_uri` (MLflow's own default when None) and `experiment`."""
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment(experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
+
+
+@contextlib.contextmanager
+def start_run(name: str, tags: dict[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
+    """A run nested under the active one, if any; marked FAILED if the body raises."""
+    nested = mlflow.active_run() is not None
+    with mlflow.start_run(run_name=name, nested=nested, tags=tags or {}) as run:
+        yield run
+
+
+def active() -> bool:
+    return mlflow.active_run() is not None
+
+
+def run_id() -> str | None:
+    run = mlflow.active_run()
+    return run.info.run_id if run else None
+
+
+def log_params(params: dict[str, Any]) -> None:
+    """Log params, `None` as the string "None" so every key shows in the UI."""
+    if active():
+        mlflow.log_params({k: ("None" if v is None else v) for k, v in params.items()})
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None, run: str | None = None) -> None:
+    """Log finite metrics on the active run, or on the run with id `run`."""
+    finite = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+    if run is not None:
+        client = mlflow.MlflowClient()
+        for key, value in finite.items():
+            client.log_metric(run, key, value, step=step or 0)
+    elif active():
+        mlflow.log_metrics(finite, step=step)
+
+
+def set_tags(tags: dict[str, Any]) -> None:
+    if active():
+        mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+
+def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
+    """Log a file, or every file below a folder."""
+    if not active():
+        return
+    path = Path(path)
+    if path.is_dir():
+        mlflow.log_artifacts(str(path), artifact_path=artifact_path)
+    else:
+        mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+
+def log_text(text: str, artifact_file: str) -> None:
+    if active():
+        mlflow.log_text(text, artifact_file)
+
+
+class EpochMetricsCallback(MlflowCallback):
+    """MLflow's Keras callback, logging train and validation metrics with `step=epoch`.
+
+    MLflow's version also logs every `evaluate` pass as un-stepped `validation_*` metrics,
+    which duplicates the `val_*` ones; that part is switched off here.
+    """
+
+    def on_test_end(self, logs=None):
+        pass
+
+    def on_train_end(self, logs=None):
+        if active():
+            mlflow.flush_async_logging()

@@ -1,0 +1,53 @@
+"""Shared fixtures: tiny but real datasets and configs, written into pytest's tmp_path."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import random
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import load_config
+
+POSITIVE = ["a great and moving film", "wonderful acting and a fine story", "i loved it , truly great",
+            "fine , warm and funny", "a moving , wonderful film", "great fun from start to end"]
+NEGATIVE = ["a dull and boring mess", "awful acting , a bad story", "i hated it , truly awful",
+            "boring , flat and slow", "a bad , dull film", "awful from start to end"]
+
+
+def write_label_text(path: Path, count: int, seed: int) -> Path:
+    """`count` lines of `LABEL TEXT`, half of each class, shuffled with `seed`."""
+    rng = random.Random(seed)
+    lines = [f"1 {rng.choice(POSITIVE)}" for _ in range(count // 2)]
+    lines += [f"0 {rng.choice(NEGATIVE)}" for _ in range(count - count // 2)]
+    rng.shuffle(lines)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def sentiment_files(tmp_path: Path) -> dict[str, Path]:
+    return {
+        "train": write_label_text(tmp_path / "train.txt", 80, seed=1),
+        "validation": write_label_text(tmp_path / "dev.txt", 20, seed=2),
+    }
+
+
+def tiny_overrides(files: dict[str, Path], tmp_path: Path) -> list[str]:
+    """Overrides that make any sentiment preset a seconds-long run on `files`."""
+    return [
+        "name=tiny", "data.tfds=null", "data.format=label_text",
+        f"data.train={files['train']}", f"data.validation={files['validation']}", "data.test=null",
+        "data.test_fraction=0.2", "tokenizer.vocab_size=60", "model.embedding_dim=8", "model.units=8",
+        "model.layers=2", "train.epochs=2", "train.batch_size=8", "train.max_length=16",
+        f"export.dir={tmp_path / 'models'}",
+    ]
+
+
+@pytest.fixture
+def tiny_config(sentiment_files, tmp_path):
+    return load_config(None, tiny_overrides(sentiment_files, tmp_path))

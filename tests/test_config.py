@@ -1,0 +1,74 @@
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import Config, flatten, load_config, parse_override, run_name
+from pipeline.errors import ConfigError
+
+PRESETS = sorted(Path(__file__).parent.parent.glob("configs/*.yaml"))
+
+
+def test_defaults_are_a_real_run():
+    config = load_config()
+    assert config.task == "sentiment" and config.data.tfds == "imdb_reviews"
+    assert config.train.epochs > 0 and config.model.layers >= 1
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.name)
+def test_every_preset_loads(preset):
+    config = load_config(preset)
+    assert config.name
+
+
+def test_overrides_parse_yaml_scalars_and_coerce_int_to_float():
+    config = load_config(None, ["train.epochs=3", "train.learning_rate=1", "model.bidirectional=false",
+                                "data.validation=null"])
+    assert config.train.epochs == 3
+    assert config.train.learning_rate == 1.0 and isinstance(config.train.learning_rate, float)
+    assert config.model.bidirectional is False and config.data.validation is None
+
+
+def test_unknown_key_names_the_nearest_valid_key():
+    with pytest.raises(ConfigError, match=r"unknown config key train\.epoch; did you mean train\.epochs\?"):
+        load_config(None, ["train.epoch=3"])
+
+
+def test_unknown_key_in_yaml_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model:\n  unit: 12\n")
+    with pytest.raises(ConfigError, match=r"model\.unit; did you mean model\.units"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("item, pattern", [
+    ("train.epochs=three", r"train\.epochs must be int; got 'three'"),
+    ("train.epochs=true", r"train\.epochs must be int"),
+    ("tokenizer.model_type=wordpiece", r"tokenizer\.model_type must be one of unigram, bpe, char, word"),
+    ("model.dropout=1.5", r"model\.dropout must be in \[0, 1\)"),
+    ("train=3", r"train is a section"),
+])
+def test_wrong_values_name_the_key(item, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(None, [item])
+
+
+def test_override_without_equals_is_rejected():
+    with pytest.raises(ConfigError, match="is not KEY=VALUE"):
+        parse_override("train.epochs")
+
+
+def test_language_model_cannot_be_bidirectional():
+    with pytest.raises(ConfigError, match="model.bidirectional must be false for task lm"):
+        load_config(None, ["task=lm", "model.bidirectional=true"])
+
+
+def test_missing_config_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_flatten_and_run_name():
+    config = Config()
+    flat = flatten(config)
+    assert flat["model.units"] == 128 and flat["data.tfds"] == "imdb_reviews"
+    assert run_name(config) == "imdb-bilstm-2x128"

@@ -1,0 +1,70 @@
+import numpy as np
+import pytest
+
+from pipeline import data, tokenizer
+
+rng = np.random.default_rng(0)
+
+
+@pytest.fixture
+def arrays():
+    # 203 sequences of 1..40 tokens, BOS first, ids >= 4: like the tokenize stage writes.
+    sequences = [[tokenizer.BOS_ID] + list(rng.integers(4, 50, size=n - 1)) for n in rng.integers(1, 41, size=203)]
+    ids, lengths = tokenizer.pack(sequences)
+    return {"ids": ids, "lengths": lengths, "labels": np.arange(203, dtype=np.int32)}
+
+
+def test_boundaries_from_quantiles(arrays):
+    boundaries = data.bucket_boundaries(arrays["lengths"], 5)
+    assert boundaries == sorted(boundaries) and len(boundaries) == 4
+    counts = np.bincount(np.searchsorted(boundaries, arrays["lengths"], side="right"))
+    assert counts.min() > 0.1 * len(arrays["lengths"]), "buckets hold comparable counts"
+
+
+@pytest.mark.parametrize("buckets", [1, 5])
+def test_batches_are_right_padded_complete_and_never_empty(arrays, buckets):
+    boundaries = data.bucket_boundaries(arrays["lengths"], buckets)
+    dataset = data.classification_dataset(arrays, 16, boundaries=boundaries, shuffle=True, seed=3)
+    seen = []
+    for ids, labels in dataset:
+        mask = ids.numpy() != 0
+        # Right-padded: once a row's mask turns off it stays off.
+        assert (np.diff(mask.astype(int), axis=1) <= 0).all()
+        assert mask[:, 0].all(), "BOS starts every row, so no row is fully masked"
+        lengths = mask.sum(axis=1)
+        assert (lengths == arrays["lengths"][labels.numpy()]).all(), "rows keep their own tokens"
+        seen += labels.numpy().tolist()
+    assert sorted(seen) == list(range(203)), "nothing dropped, nothing repeated"
+    assert len(list(dataset)) == data.bucketed_batch_count(arrays["lengths"], boundaries, 16)
+
+
+def test_bucketing_cuts_padding(arrays):
+    padded_to_longest = data.padding_fraction(data.classification_dataset(arrays, 16, boundaries=[], shuffle=True))
+    bucketed = data.padding_fraction(data.classification_dataset(
+        arrays, 16, boundaries=data.bucket_boundaries(arrays["lengths"], 5), shuffle=True))
+    assert bucketed < padded_to_longest / 2
+
+
+def test_shuffle_changes_across_epochs_but_not_across_seeds(arrays):
+    def order(dataset):
+        return [label for _, labels in dataset for label in labels.numpy().tolist()]
+
+    dataset = data.classification_dataset(arrays, 16, boundaries=[10, 20], shuffle=True, seed=1)
+    again = data.classification_dataset(arrays, 16, boundaries=[10, 20], shuffle=True, seed=1)
+    assert order(dataset) != order(dataset)
+    assert order(again) == order(data.classification_dataset(arrays, 16, boundaries=[10, 20], shuffle=True, seed=1))
+
+
+def test_ordered_batches_keep_file_order(arrays):
+    rows = [row for batch in data.ordered_batches(arrays, 32) for row in batch.numpy()]
+    assert len(rows) == 203
+    assert [int((row != 0).sum()) for row in rows] == arrays["lengths"].tolist()
+
+
+def test_lm_windows_align_inputs_and_targets():
+    stream = np.arange(11)
+    windows = data.lm_windows(stream, 3)
+    assert windows.tolist() == [[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9]]
+    inputs, targets = next(iter(data.lm_dataset(stream, 3, batch_size=8, shuffle=False)))
+    assert inputs.numpy().tolist() == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+    assert targets.numpy().tolist() == [[1, 2, 3], [4, 5, 6], [7, 8, 9]]

@@ -1,0 +1,71 @@
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from pipeline import models
+from pipeline.config import load_config
+
+PRESETS = sorted(Path(__file__).parent.parent.glob("configs/*.yaml"))
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.name)
+def test_every_preset_builds_cudnn_eligible_lstms(preset):
+    config = load_config(preset)
+    model = models.build_model(config, vocab_size=64, num_classes=2)
+    report = models.cudnn_report(model)
+    expected = config.model.layers * (2 if config.model.bidirectional else 1)
+    assert len(report) == expected
+    assert all(r.cudnn_eligible for r in report), report
+
+
+def test_report_names_what_rules_cudnn_out():
+    model = models.build_sentiment_lstm(64, 2, units=4, embedding_dim=4, layers=1, recurrent_dropout=0.2)
+    assert [r.reason for r in models.cudnn_report(model)] == ["recurrent_dropout=0.2"] * 2
+    plain = keras.Sequential([keras.Input((None, 3)), keras.layers.LSTM(4, activation="relu", use_bias=False)])
+    (report,) = models.cudnn_report(plain)
+    assert not report.cudnn_eligible
+    assert report.reason == "activation is not tanh; use_bias=False"
+
+
+def _one_step_changes_every_weight(model, x, y, loss):
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss=loss)
+    before = [w.numpy().copy() for w in model.trainable_weights]
+    model.train_on_batch(x, y)
+    unchanged = [w.path for w, b in zip(model.trainable_weights, before) if np.allclose(w.numpy(), b)]
+    assert not unchanged
+
+
+def test_one_training_step_changes_every_sentiment_weight():
+    keras.utils.set_random_seed(0)
+    model = models.build_sentiment_lstm(30, 3, units=4, embedding_dim=4, layers=2, dropout=0.0)
+    # Right-padded rows of different lengths, BOS (2) first.
+    x = np.array([[2, 5, 6, 7, 0], [2, 8, 0, 0, 0], [2, 9, 10, 11, 12]], dtype="int32")
+    _one_step_changes_every_weight(model, x, np.array([0, 1, 2]), "sparse_categorical_crossentropy")
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_one_training_step_changes_every_language_model_weight(tie):
+    keras.utils.set_random_seed(0)
+    model = models.build_language_model_lstm(20, units=4, embedding_dim=4, layers=2, dropout=0.0, tie_embeddings=tie)
+    x = np.arange(2, 18, dtype="int32").reshape(2, 8)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    _one_step_changes_every_weight(model, x, (x + 1) % 20, loss)
+
+
+def test_mean_pooling_ignores_padding():
+    keras.utils.set_random_seed(0)
+    model = models.build_sentiment_lstm(30, 2, units=4, embedding_dim=4, layers=1, pooling="mean", dropout=0.0)
+    short = model(np.array([[2, 5, 6]], dtype="int32"))
+    padded = model(np.array([[2, 5, 6, 0, 0, 0]], dtype="int32"))
+    np.testing.assert_allclose(short, padded, atol=1e-6)
+
+
+def test_tied_language_model_survives_save_and_load(tmp_path):
+    model = models.build_language_model_lstm(20, units=4, embedding_dim=4, layers=1, tie_embeddings=True)
+    model.save(tmp_path / "lm.keras")
+    loaded = keras.saving.load_model(tmp_path / "lm.keras", safe_mode=True)
+    x = np.arange(2, 10, dtype="int32")[None]
+    np.testing.assert_allclose(model(x), loaded(x), atol=1e-6)
+    assert loaded.count_params() == model.count_params()

@@ -1,0 +1,59 @@
+import numpy as np
+import pytest
+
+from pipeline import prepare, tokenize, tokenizer
+from pipeline.errors import TokenizerError
+
+SENTENCES = ["the cat sat", "the cat ran", "a dog sat", "a dog ran", "the dog sat on the cat"] * 4
+
+
+@pytest.fixture(scope="module")
+def sp():
+    return tokenizer.from_bytes(tokenizer.train_sentencepiece(SENTENCES, vocab_size=16, model_type="word"))
+
+
+def test_reserved_ids(sp):
+    assert [sp.pad_id(), sp.unk_id(), sp.bos_id(), sp.eos_id()] == [0, 1, 2, 3]
+
+
+def test_exact_ids_with_bos_first(sp):
+    # Word pieces take ids by frequency after the 4 reserved ones.
+    assert [sp.id_to_piece(i) for i in range(sp.get_piece_size())] == [
+        "<pad>", "<unk>", "<s>", "</s>", "▁the", "▁cat", "▁dog", "▁sat", "▁a", "▁ran", "▁on"]
+    assert tokenizer.encode(sp, ["the cat sat", "a dog ran", "", "zebra"]) == [
+        [2, 4, 5, 7], [2, 8, 6, 9], [2], [2, 1]]
+
+
+def test_unigram_exact_ids():
+    sp = tokenizer.from_bytes(tokenizer.train_sentencepiece(SENTENCES, vocab_size=20, model_type="unigram"))
+    assert tokenizer.encode(sp, ["the cat sat", "the dog ran"]) == [
+        [2, 4, 9, 7, 6, 14, 13], [2, 4, 9, 7, 6, 4, 10, 8, 11, 4, 17, 5, 12]]
+    assert sp.decode(tokenizer.encode(sp, ["the dog ran"])[0]) == "the dog ran"
+
+
+def test_max_length_cuts_after_bos(sp):
+    assert tokenizer.encode(sp, ["the cat sat on the cat"], max_length=3) == [[2, 4, 5]]
+
+
+def test_pack_flattens_ragged_sequences():
+    ids, lengths = tokenizer.pack([[2, 5], [2], [2, 7, 8]])
+    assert ids.tolist() == [2, 5, 2, 2, 7, 8] and lengths.tolist() == [2, 1, 3]
+    assert ids.dtype == np.int32
+
+
+def test_vocabulary_too_small_for_the_characters():
+    with pytest.raises(TokenizerError, match="tokenizer.vocab_size=8 cannot hold the .* characters"):
+        tokenizer.train_sentencepiece(SENTENCES, vocab_size=8, model_type="unigram")
+
+
+def test_tokenize_stage_writes_model_and_arrays(tiny_config, tmp_path):
+    prepare.run(tiny_config, tmp_path / "work")
+    result = tokenize.run(tiny_config, tmp_path / "work")
+    out = result.output_dir
+    assert (out / "tokenizer.model").is_file() and (out / "tokenizer.vocab").is_file()
+    train = tokenize.load_split(out, "train")
+    starts = np.concatenate([[0], np.cumsum(train["lengths"])[:-1]])
+    assert (train["ids"][starts] == tokenizer.BOS_ID).all(), "every sequence starts with BOS"
+    assert (train["lengths"] >= 1).all() and (train["lengths"] <= tiny_config.train.max_length).all()
+    assert len(train["labels"]) == len(train["lengths"]) == 64
+    assert 0 not in train["ids"], "padding id never appears inside a sequence"
