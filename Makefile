@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CONFIG ?= configs/imdb.yaml
 ARGS ?=
 
-.PHONY: install run test test-slow lint bench clean
+.PHONY: install run test test-slow lint clean
 
 # Re-install only when pyproject.toml changes.
 install: $(VENV)/.installed
@@ -19,7 +19,7 @@ run: install
 	$(BIN)/pipeline run --config $(CONFIG) $(ARGS)
 
 lint: install
-	$(BIN)/ruff check pipeline tests benchmarks
+	$(BIN)/ruff check pipeline tests
 
 test: install lint
 	$(BIN)/pytest -q
@@ -27,9 +27,6 @@ test: install lint
 # The slow tests train on the real corpora in ../shared/data.
 test-slow: install
 	$(BIN)/pytest -q -m slow
-
-bench: install
-	$(BIN)/python benchmarks/throughput.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) data models mlruns mlflow.db .pytest_cache

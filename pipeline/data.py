@@ -107,7 +107,9 @@ def lm_windows(stream: np.ndarray, sequence_length: int) -> np.ndarray:
     return stream[starts[:, None] + np.arange(sequence_length + 1)[None, :]]
 
 
-def lm_dataset(stream: np.ndarray, sequence_length: int, batch_size: int, *, shuffle: bool, seed: int = 0) -> tf.data.Dataset:
+def lm_dataset(
+    stream: np.ndarray, sequence_length: int, batch_size: int, *, shuffle: bool, seed: int = 0
+) -> tf.data.Dataset:
     """Batches of `(inputs [batch, L], targets [batch, L])` cut from one token stream."""
     windows = lm_windows(stream, sequence_length)
     ds = tf.data.Dataset.from_tensor_slices(windows)

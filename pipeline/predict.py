@@ -48,6 +48,6 @@ def classify(model_dir: str | Path, texts: list[str]) -> list[dict]:
     labels = [label.decode("utf-8") for label in outputs["label"].numpy()]
     return [
         {"text": text, "label": label,
-         "probabilities": {name: float(p) for name, p in zip(info["labels"], np.asarray(row))}}
-        for text, label, row in zip(texts, labels, probabilities)
+         "probabilities": {name: float(p) for name, p in zip(info["labels"], np.asarray(row), strict=True)}}
+        for text, label, row in zip(texts, labels, probabilities, strict=True)
     ]

@@ -82,7 +82,7 @@ def split_stats(examples: Examples) -> dict:
     }
     if examples.labels and examples.labels[0] is not None:
         values, counts = np.unique(np.array(examples.labels, dtype=object).astype(str), return_counts=True)
-        stats["class_balance"] = {str(v): int(c) for v, c in zip(values, counts)}
+        stats["class_balance"] = {str(v): int(c) for v, c in zip(values, counts, strict=True)}
     return stats
 
 
@@ -165,7 +165,7 @@ def _carve_tail(train: Examples, fractions: dict[str, float]) -> dict[str, Examp
         start = end - int(len(text) * fractions[name])
         cuts[name] = text[start:end]
         end = start
-    carved = {name: Examples([chunk] if chunk.strip() else [], [None] if chunk.strip() else []) for name, chunk in cuts.items()}
+    carved = {name: Examples([chunk], [None]) if chunk.strip() else Examples() for name, chunk in cuts.items()}
     carved["train"] = Examples([text[:end]], [None])
     return carved
 
@@ -194,6 +194,6 @@ def _label_vocabulary(config: Config, splits: dict[str, Examples]) -> list[str]:
 def _write_split(path: Path, examples: Examples, labels: list[str]) -> None:
     index = {label: i for i, label in enumerate(labels)}
     with path.open("w", encoding="utf-8") as f:
-        for text, label in zip(examples.texts, examples.labels):
+        for text, label in zip(examples.texts, examples.labels, strict=True):
             record = {"text": text} if label is None else {"text": text, "label": index[label]}
             f.write(json.dumps(record, ensure_ascii=False) + "\n")

@@ -68,7 +68,8 @@ def log_config(config: Config) -> None:
 def _log_outputs(stage: str, config: Config, workdir: Path, result: Any) -> None:
     out = stage_dir(workdir, stage)
     if stage == "prepare":
-        tracking.log_metrics({f"{k}_examples": v for k, v in result.counts.items()} | {"skipped_blank": result.skipped_blank})
+        counts = {f"{k}_examples": v for k, v in result.counts.items()}
+        tracking.log_metrics({**counts, "skipped_blank": result.skipped_blank})
         for name in ("stats.json", "labels.json"):
             tracking.log_artifact(out / name, "prepare")
     elif stage == "tokenize":

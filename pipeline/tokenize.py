@@ -87,7 +87,8 @@ def _encode_split(sp, texts: list[str], labels: list[int], max_length: int | Non
         arrays["labels"] = np.array(labels, dtype=np.int32)
     np.savez(path, **arrays)
     if truncated:
-        log.info("%s: truncated %d of %d sequences to train.max_length=%d", path.stem, truncated, len(texts), max_length)
+        log.info("%s: truncated %d of %d sequences to train.max_length=%d",
+                 path.stem, truncated, len(texts), max_length)
     return {
         "examples": len(texts),
         "tokens": int(lengths.sum()),

@@ -74,7 +74,10 @@ def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
         return
     path = Path(path)
     if path.is_dir():
-        mlflow.log_artifacts(str(path), artifact_path=artifact_path)
+        for file in sorted(path.iterdir()):
+            # DONE is the work directory's completion marker, not a result.
+            if file.is_file() and file.name != "DONE":
+                mlflow.log_artifact(str(file), artifact_path=artifact_path)
     else:
         mlflow.log_artifact(str(path), artifact_path=artifact_path)
 

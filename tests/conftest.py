@@ -13,6 +13,8 @@ import pytest
 
 from pipeline.config import load_config
 
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
+
 POSITIVE = ["a great and moving film", "wonderful acting and a fine story", "i loved it , truly great",
             "fine , warm and funny", "a moving , wonderful film", "great fun from start to end"]
 NEGATIVE = ["a dull and boring mess", "awful acting , a bad story", "i hated it , truly awful",
@@ -27,6 +29,19 @@ def write_label_text(path: Path, count: int, seed: int) -> Path:
     rng.shuffle(lines)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+@pytest.fixture(autouse=True)
+def isolated_mlflow(tmp_path_factory, monkeypatch):
+    """Keep every MLflow write out of the repository.
+
+    MLflow's SQLite store puts artifacts under `./mlruns` of the working directory, so tests run
+    from a temporary folder, with one tracking database for the session.
+    """
+    root = tmp_path_factory.getbasetemp() / "mlflow-home"
+    root.mkdir(exist_ok=True)
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
 
 
 @pytest.fixture

@@ -1,11 +1,11 @@
-from pathlib import Path
-
 import pytest
 
 from pipeline.config import Config, flatten, load_config, parse_override, run_name
 from pipeline.errors import ConfigError
 
-PRESETS = sorted(Path(__file__).parent.parent.glob("configs/*.yaml"))
+from .conftest import PRESETS_DIR
+
+PRESETS = sorted(PRESETS_DIR.glob("*.yaml"))
 
 
 def test_defaults_are_a_real_run():

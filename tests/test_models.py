@@ -1,5 +1,3 @@
-from pathlib import Path
-
 import keras
 import numpy as np
 import pytest
@@ -7,7 +5,9 @@ import pytest
 from pipeline import models
 from pipeline.config import load_config
 
-PRESETS = sorted(Path(__file__).parent.parent.glob("configs/*.yaml"))
+from .conftest import PRESETS_DIR
+
+PRESETS = sorted(PRESETS_DIR.glob("*.yaml"))
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.name)
@@ -33,7 +33,7 @@ def _one_step_changes_every_weight(model, x, y, loss):
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss=loss)
     before = [w.numpy().copy() for w in model.trainable_weights]
     model.train_on_batch(x, y)
-    unchanged = [w.path for w, b in zip(model.trainable_weights, before) if np.allclose(w.numpy(), b)]
+    unchanged = [w.path for w, b in zip(model.trainable_weights, before, strict=True) if np.allclose(w.numpy(), b)]
     assert not unchanged
 
 

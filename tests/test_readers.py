@@ -41,7 +41,8 @@ def test_folder_one_subfolder_per_label(tmp_path):
         for i, text in enumerate(texts):
             (tmp_path / "data" / label / f"{i}.txt").write_text(text, encoding="utf-8")
     examples = read_local(tmp_path / "data", "auto")
-    assert sorted(zip(examples.labels, examples.texts)) == [("neg", "bad one"), ("neg", "worse"), ("pos", "great")]
+    pairs = sorted(zip(examples.labels, examples.texts, strict=True))
+    assert pairs == [("neg", "bad one"), ("neg", "worse"), ("pos", "great")]
 
 
 def test_plain_text_for_language_model(tmp_path):
@@ -88,7 +89,8 @@ def test_invalid_encoding_names_file_line_and_setting(tmp_path):
 def test_csv_without_configured_column(tmp_path):
     path = tmp_path / "train.csv"
     path.write_text("review,label\nok,1\n")
-    with pytest.raises(DataError, match=r"train\.csv:1: no column 'text' \(columns: review, label\); set data\.text_field"):
+    expected = r"train\.csv:1: no column 'text' \(columns: review, label\); set data\.text_field"
+    with pytest.raises(DataError, match=expected):
         read_local(path, "csv")
 
 

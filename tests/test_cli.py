@@ -1,0 +1,129 @@
+"""The CLI end to end through Click's CliRunner, with MLflow tracking in tmp_path."""
+
+import json
+
+import mlflow
+import pytest
+from click.testing import CliRunner
+
+from pipeline.cli import main
+
+from .conftest import tiny_overrides
+
+STAGES = ["prepare", "tokenize", "train", "evaluate", "export"]
+
+
+def _invoke(*args):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def _set(overrides):
+    return [arg for item in overrides for arg in ("--set", item)]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    from .conftest import write_label_text
+
+    root = tmp_path_factory.mktemp("cli")
+    files = {"train": write_label_text(root / "train.txt", 80, 1),
+             "validation": write_label_text(root / "dev.txt", 20, 2)}
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)  # MLflow writes artifacts under ./mlruns
+        result = _invoke("run", "--workdir", str(root / "work"), "--tracking-uri", uri, "--experiment", "tiny",
+                         *_set(tiny_overrides(files, root)))
+    assert result.exit_code == 0, result.output
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([experiment.experiment_id])
+    return root, result, client, runs
+
+
+def test_one_parent_run_with_a_nested_run_per_stage(finished_run):
+    _, _, _, runs = finished_run
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.run_name == "tiny-bilstm-2x8" and parent.info.status == "FINISHED"
+    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert sorted(children) == sorted(STAGES)
+    assert all(r.info.status == "FINISHED" for r in children.values())
+
+
+def _by_name(runs):
+    return {r.info.run_name: r for r in runs}
+
+
+def test_params_tags_and_test_metrics_on_parent_and_evaluate(finished_run):
+    _, result, _, runs = finished_run
+    runs = _by_name(runs)
+    parent, evaluate = runs["tiny-bilstm-2x8"], runs["evaluate"]
+    assert parent.data.params["model.units"] == "8"
+    assert parent.data.params["train.epochs"] == "2"
+    assert parent.data.tags["task"] == "sentiment" and parent.data.tags["dataset"] == "train.txt"
+    assert "tensorflow_version" in parent.data.tags and "keras_version" in parent.data.tags
+    for key in ("test_accuracy", "test_macro_f1", "test_auc", "test_loss"):
+        assert parent.data.metrics[key] == evaluate.data.metrics[key]
+    assert 0.0 <= parent.data.metrics["test_accuracy"] <= 1.0
+    assert f"test_accuracy={parent.data.metrics['test_accuracy']:.4f}" in result.output
+
+
+def test_per_epoch_metrics_use_the_epoch_as_step(finished_run):
+    _, _, client, runs = finished_run
+    train = _by_name(runs)["train"]
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert [m.step for m in client.get_metric_history(train.info.run_id, key)] == [0, 1]
+    assert 0.0 <= train.data.metrics["padding_fraction"] < 1.0
+    assert train.data.tags["lstm_kernel"] in ("cudnn", "generic")
+
+
+def test_artifacts(finished_run):
+    _, _, client, runs = finished_run
+    runs = _by_name(runs)
+
+    def listed(run, path=""):
+        return {a.path for a in client.list_artifacts(runs[run].info.run_id, path)}
+
+    assert "config.yaml" in listed("tiny-bilstm-2x8")
+    assert {"tokenizer/tokenizer.model", "tokenizer/tokenizer.vocab"} <= listed("tokenize", "tokenizer")
+    assert {"evaluate/metrics.json", "evaluate/confusion_matrix.png", "evaluate/curve_loss.png",
+            "evaluate/curve_accuracy.png"} <= listed("evaluate", "evaluate")
+    assert "saved_model/saved_model.pb" in listed("export", "saved_model")
+
+
+def test_predict_command_on_the_export(finished_run):
+    root = finished_run[0]
+    result = _invoke("predict", str(root / "models" / "tiny-bilstm-2x8"), "a great film", "", "--json")
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.output.strip().splitlines()]
+    assert [r["text"] for r in rows] == ["a great film", ""]
+    assert all(r["label"] in ("0", "1") for r in rows)
+
+
+def test_every_command_has_help():
+    for command in [*STAGES, "run", "predict"]:
+        result = _invoke(command, "--help")
+        assert result.exit_code == 0 and "Usage:" in result.output
+        assert "  --" in result.output
+
+
+@pytest.mark.parametrize("make_args, message", [
+    (lambda f, t: ["--set", "train.epoch=3"], "unknown config key train.epoch; did you mean train.epochs?"),
+    (lambda f, t: ["--set", f"data.train={t / 'missing.txt'}"], "missing.txt: no such file"),
+    (lambda f, t: ["--set", "model.units=many"], "config key model.units must be int"),
+])
+def test_bad_input_is_one_line_and_nonzero(sentiment_files, tmp_path, make_args, message):
+    args = ["prepare", "--workdir", str(tmp_path / "work"), *_set(tiny_overrides(sentiment_files, tmp_path)),
+            *make_args(sentiment_files, tmp_path)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1] == f"Error: {message}" or message in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "work" / "prepare").exists()
+
+
+def test_stage_out_of_order_says_what_to_run(tmp_path):
+    result = CliRunner().invoke(main, ["train", "--workdir", str(tmp_path / "empty")])
+    assert result.exit_code == 1
+    assert "run `pipeline tokenize` (or `pipeline run`) with the same --workdir first" in result.output
