@@ -127,3 +127,29 @@ def predict(model_dir, texts, input_file, as_json) -> None:
             click.echo(json.dumps(row, ensure_ascii=False))
         else:
             click.echo(f"{row['label']}\t{row['probabilities'][row['label']]:.3f}\t{row['text']}")
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--prompt", default="", show_default=True, help="Text to continue; empty starts from nothing.")
+@click.option("--max-tokens", default=200, show_default=True, type=int, help="Tokens to generate.")
+@click.option("--temperature", default=0.8, show_default=True, type=float,
+              help="Sampling temperature; 0 is greedy decoding.")
+@click.option("--top-k", default=0, show_default=True, type=int,
+              help="Sample from the K most likely tokens only; 0 means all.")
+@click.option("--seed", default=0, show_default=True, type=int, help="The same seed gives the same text.")
+@click.option("--num-samples", default=1, show_default=True, type=click.IntRange(min=1),
+              help="How many continuations, each with its own seed (seed, seed+1, ...).")
+def generate(model_dir, prompt, max_tokens, temperature, top_k, seed, num_samples) -> None:
+    """Continue --prompt with the exported language model in MODEL_DIR."""
+    with _errors_as_one_line():
+        from pipeline import predict as predict_lib
+
+        for i in range(num_samples):
+            (text,), notes = predict_lib.generate(model_dir, [prompt], max_tokens=max_tokens, temperature=temperature,
+                                                  top_k=top_k, seed=seed + i)
+            for note in notes if i == 0 else []:
+                click.echo(f"note: {note}", err=True)
+            if num_samples > 1:
+                click.echo(f"--- sample {i + 1} (seed {seed + i})")
+            click.echo(text)

@@ -88,6 +88,9 @@ class TrainConfig:
     buckets: int = 5
     mixed_precision: Literal["auto", "on", "off"] = "auto"
     deterministic: bool = False
+    # Language models: each epoch, samples from "" and this prompt are logged to MLflow.
+    sample_prompt: str = ""
+    sample_tokens: int = 200
 
 
 @dataclass(frozen=True)
@@ -141,8 +144,11 @@ def parse_override(item: str) -> tuple[str, Any]:
         raise ConfigError(f"override {item!r} is not KEY=VALUE (for example train.epochs=3)")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"override {item!r}: value is not valid YAML ({err})") from None
+    except yaml.YAMLError:
+        value = raw
+    # Only scalars are parsed: `ROMEO:` or `[x]` stay the strings they were typed as.
+    if isinstance(value, (dict, list)):
+        value = raw
     return key.strip(), value
 
 

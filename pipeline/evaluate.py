@@ -84,14 +84,19 @@ def language_model_metrics(model: keras.Model, arrays: dict[str, np.ndarray], se
     Bits per character is the total cross-entropy in bits divided by the characters of the
     evaluated text, so it is comparable across tokenizers.
     """
-    dataset = data.lm_dataset(arrays["ids"], sequence_length, batch_size, shuffle=False)
+    stream = arrays["ids"]
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")
     total_nats, tokens = 0.0, 0
-    for inputs, targets in dataset:
+    for inputs, targets in data.lm_dataset(stream, sequence_length, batch_size, shuffle=False):
         total_nats += float(loss(targets, model(inputs, training=False)))
         tokens += int(np.prod(targets.shape))
-    # Only the windowed tokens were scored; scale characters to the same share of the stream.
-    characters = float(arrays["characters"].sum()) * tokens / max(len(arrays["ids"]) - 1, 1)
+    # The tail shorter than a window is scored too, so every token but the first is a target.
+    tail = stream[tokens:]
+    if len(tail) > 1:
+        total_nats += float(loss(tail[None, 1:], model(tail[None, :-1], training=False)))
+        tokens += len(tail) - 1
+    # The tokenizer is lossless for language models, so the tokens spell exactly these characters.
+    characters = float(arrays["characters"].sum())
     per_token = total_nats / tokens
     return {
         "test_loss": per_token,

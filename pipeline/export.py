@@ -66,7 +66,7 @@ def run(config: Config, workdir: str | Path) -> ExportResult:
         from pipeline.generation import build_lm_server
 
         server, signatures = build_lm_server(model, tokenizer_model)
-        info = {"task": "lm"}
+        info = {"task": "lm", "vocab_size": model.get_layer("embedding").input_dim}
     else:
         labels = json.loads((Path(workdir) / "prepare" / "labels.json").read_text(encoding="utf-8"))
         server = SentimentServer(model, tokenizer_model, labels, config.train.max_length)

@@ -51,3 +51,28 @@ def classify(model_dir: str | Path, texts: list[str]) -> list[dict]:
          "probabilities": {name: float(p) for name, p in zip(info["labels"], np.asarray(row), strict=True)}}
         for text, label, row in zip(texts, labels, probabilities, strict=True)
     ]
+
+
+def generate(model_dir: str | Path, prompts: list[str], *, max_tokens: int, temperature: float, top_k: int,
+             seed: int) -> tuple[list[str], list[str]]:
+    """Continue each prompt with the exported language model in `model_dir`.
+
+    Returns:
+        The texts (prompt plus continuation) and notes about adjusted settings.
+    """
+    import tensorflow as tf
+
+    if temperature < 0:
+        raise ExportError(f"--temperature must be 0 (greedy) or positive; got {temperature}")
+    if max_tokens < 1:
+        raise ExportError(f"--max-tokens must be at least 1; got {max_tokens}")
+    loaded, info = load(model_dir, "lm")
+    notes = []
+    if top_k > info["vocab_size"]:
+        notes.append(f"--top-k {top_k} is larger than the vocabulary; using all {info['vocab_size']} tokens")
+        top_k = 0
+    outputs = loaded.signatures["generate"](
+        prompt=tf.constant(prompts, dtype=tf.string), max_tokens=tf.constant(max_tokens, tf.int32),
+        temperature=tf.constant(temperature, tf.float32), top_k=tf.constant(top_k, tf.int32),
+        seed=tf.constant(seed, tf.int64))
+    return [t.decode("utf-8") for t in outputs["text"].numpy()], notes

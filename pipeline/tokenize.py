@@ -47,6 +47,7 @@ def run(config: Config, workdir: str | Path) -> TokenizeResult:
         model_type=config.tokenizer.model_type,
         character_coverage=config.tokenizer.character_coverage,
         max_sentences=config.tokenizer.max_sentences,
+        lossless=config.task == "lm",
     )
     sp = tokenizer.from_bytes(model)
     # A language model reads a stream and is cut into windows later; only a classifier truncates.
@@ -71,7 +72,7 @@ def _training_sentences(texts: list[str], task: str) -> list[str]:
     # SentencePiece learns from sentences of bounded length; a language-model corpus is often
     # one long document, so it trains on its lines instead.
     if task == "lm":
-        return [line for text in texts for line in text.split("\n") if line.strip()]
+        return [line for text in texts for line in text.splitlines(keepends=True) if line.strip()]
     return texts
 
 

@@ -27,6 +27,7 @@ def train_sentencepiece(
     model_type: str = "unigram",
     character_coverage: float = 0.9995,
     max_sentences: int = 1_000_000,
+    lossless: bool = False,
 ) -> bytes:
     """Train a SentencePiece model and return its serialized bytes.
 
@@ -37,8 +38,13 @@ def train_sentencepiece(
         model_type: `unigram`, `bpe`, `char` or `word`.
         character_coverage: the share of characters that get their own piece.
         max_sentences: the sample size SentencePiece trains on.
+        lossless: keep the text exactly (no Unicode normalisation, spaces kept, newline a
+            piece of its own), so `decode(encode(text)) == text`. A language model needs this:
+            it must generate line breaks, and its bits per character must count every character.
     """
     model = io.BytesIO()
+    exact = {"normalization_rule_name": "identity", "remove_extra_whitespaces": False,
+             "user_defined_symbols": ["\n"], "allow_whitespace_only_pieces": True} if lossless else {}
     try:
         spm.SentencePieceTrainer.train(
             sentence_iterator=iter(sentences),
@@ -53,6 +59,7 @@ def train_sentencepiece(
             max_sentence_length=1 << 16,
             num_threads=2,
             minloglevel=2,
+            **exact,
         )
     except RuntimeError as err:
         raise TokenizerError(_explain(str(err), vocab_size)) from None

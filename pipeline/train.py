@@ -82,7 +82,8 @@ def _datasets(config: Config, workdir: Path, tokenized: Path):
     t = config.train
     train, val = load_split(tokenized, "train"), load_split(tokenized, "validation")
     if config.task == "lm":
-        extra = {"validation_characters": int(val["characters"].sum()), "validation_tokens": len(val["ids"])}
+        extra = {"validation_characters": int(val["characters"].sum()), "validation_tokens": len(val["ids"]) - 1,
+                 "tokenizer": tokenized / "tokenizer.model"}
         return (data.lm_dataset(train["ids"], t.sequence_length, t.batch_size, shuffle=True, seed=t.seed),
                 data.lm_dataset(val["ids"], t.sequence_length, t.batch_size, shuffle=False), extra)
     boundaries = data.bucket_boundaries(train["lengths"], t.buckets)
@@ -102,6 +103,8 @@ def _callbacks(config: Config, out: Path, extra: dict) -> list[keras.callbacks.C
     ]
     if config.task == "lm":
         callbacks.insert(0, BitsPerCharacter(extra["validation_tokens"], extra["validation_characters"]))
+        callbacks.append(SampleText(extra["tokenizer"], out / "samples", config.train.sample_prompt,
+                                    config.train.sample_tokens, seed=config.train.seed))
     if tracking.active():
         callbacks.append(tracking.EpochMetricsCallback())
     return callbacks
@@ -122,6 +125,36 @@ class BitsPerCharacter(keras.callbacks.Callback):
         if logs and "val_loss" in logs:
             logs["val_perplexity"] = math.exp(min(logs["val_loss"], 50.0))
             logs["val_bits_per_char"] = logs["val_loss"] * self.tokens_per_char / math.log(2)
+
+
+class SampleText(keras.callbacks.Callback):
+    """After each epoch, continue fixed prompts with fixed seeds and keep the text.
+
+    Written to `samples/epoch_NNN.txt` in the train folder and logged to MLflow, so the text
+    getting better is visible from the UI, epoch by epoch.
+    """
+
+    def __init__(self, tokenizer_path: Path, out: Path, prompt: str, max_tokens: int, seed: int):
+        super().__init__()
+        from pipeline import tokenizer
+
+        self.sp = tokenizer.load(tokenizer_path)
+        self.out, self.prompts, self.max_tokens, self.seed = out, ["", prompt] if prompt else [""], max_tokens, seed
+
+    def on_epoch_end(self, epoch, logs=None):
+        from pipeline import generation
+
+        generator = generation.Generator(generation.build_decoder(self.model))
+        blocks = []
+        for i, temperature in enumerate((0.8, 1.0)):
+            texts = generation.generate_text(generator, self.sp, self.prompts, max_tokens=self.max_tokens,
+                                             temperature=temperature, top_k=0, seed=self.seed + i)
+            blocks += [f"--- prompt {p!r}, temperature {temperature}, seed {self.seed + i}\n{t}"
+                       for p, t in zip(self.prompts, texts, strict=True)]
+        text = f"epoch {epoch}\n\n" + "\n\n".join(blocks) + "\n"
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / f"epoch_{epoch:03d}.txt").write_text(text, encoding="utf-8")
+        tracking.log_text(text, f"samples/epoch_{epoch:03d}.txt")
 
 
 def _report_kernels(model: keras.Model) -> str:

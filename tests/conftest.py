@@ -66,3 +66,24 @@ def tiny_overrides(files: dict[str, Path], tmp_path: Path) -> list[str]:
 @pytest.fixture
 def tiny_config(sentiment_files, tmp_path):
     return load_config(None, tiny_overrides(sentiment_files, tmp_path))
+
+
+def write_corpus(path: Path, lines: int = 120) -> Path:
+    """A small plain-text corpus with line breaks and repeated structure."""
+    rng = random.Random(0)
+    speakers = ["ROMEO:", "JULIET:", "NURSE:"]
+    words = "the and of my thou art love night day sweet fair good come go".split()
+    body = [f"{rng.choice(speakers)}\n{' '.join(rng.choice(words) for _ in range(8))}.\n" for _ in range(lines)]
+    path.write_text("\n".join(body), encoding="utf-8")
+    return path
+
+
+def lm_overrides(corpus: Path, tmp_path: Path) -> list[str]:
+    return [
+        "name=tinylm", "task=lm", "data.tfds=null", "data.format=text", f"data.train={corpus}",
+        "data.validation=null", "data.test=null", "data.validation_fraction=0.1", "data.test_fraction=0.1",
+        "tokenizer.vocab_size=60", "tokenizer.model_type=bpe", "tokenizer.character_coverage=1.0",
+        "model.bidirectional=false", "model.embedding_dim=8", "model.units=16", "model.layers=2",
+        "train.epochs=2", "train.batch_size=8", "train.sequence_length=16", "train.sample_tokens=10",
+        "train.sample_prompt=ROMEO:", f"export.dir={tmp_path / 'models'}",
+    ]

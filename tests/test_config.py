@@ -52,6 +52,11 @@ def test_wrong_values_name_the_key(item, pattern):
         load_config(None, [item])
 
 
+def test_override_values_that_are_not_scalars_stay_strings():
+    assert parse_override("train.sample_prompt=ROMEO:") == ("train.sample_prompt", "ROMEO:")
+    assert parse_override("name=[x") == ("name", "[x")
+
+
 def test_override_without_equals_is_rejected():
     with pytest.raises(ConfigError, match="is not KEY=VALUE"):
         parse_override("train.epochs")
