@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CONFIG ?= configs/imdb.yaml
 ARGS ?=
 
-.PHONY: install run test test-slow lint clean
+.PHONY: install run test test-slow lint bench clean
 
 # Re-install only when pyproject.toml changes.
 install: $(VENV)/.installed
@@ -19,7 +19,7 @@ run: install
 	$(BIN)/pipeline run --config $(CONFIG) $(ARGS)
 
 lint: install
-	$(BIN)/ruff check pipeline tests
+	$(BIN)/ruff check pipeline tests benchmarks
 
 test: install lint
 	$(BIN)/pytest -q
@@ -27,6 +27,10 @@ test: install lint
 # The slow tests train on the real corpora in ../shared/data.
 test-slow: install
 	$(BIN)/pytest -q -m slow
+
+# Input-pipeline throughput on SST-2 (needs ../shared/data or --data PATH); prints a table.
+bench: install
+	$(BIN)/python benchmarks/throughput.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) data models mlruns mlflow.db .pytest_cache

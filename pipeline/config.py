@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +23,24 @@ from pipeline.errors import ConfigError
 TASKS = ("sentiment", "lm")
 DATA_FORMATS = ("auto", "label_text", "csv", "tsv", "jsonl", "text", "folder")
 TOKENIZER_TYPES = ("unigram", "bpe", "char", "word")
+
+
+class _YAML12Loader(yaml.SafeLoader):
+    """YAML's safe loader with YAML 1.2 booleans: only true/false, so `on`, `off`, `yes` and
+    `no` stay strings (`train.mixed_precision: on` means the string "on")."""
+
+
+_YAML12Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_YAML12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_YAML12Loader)  # a SafeLoader: no Python objects
 
 
 @dataclass(frozen=True)
@@ -68,6 +87,8 @@ class ModelConfig:
     units: int = 128
     bidirectional: bool = True
     dropout: float = 0.3
+    # Drops whole token embeddings (SpatialDropout1D), so the classifier cannot lean on one word.
+    embedding_dropout: float = 0.0
     # Anything above 0 rules out the cuDNN kernel; kept for users who accept that cost.
     recurrent_dropout: float = 0.0
     pooling: Literal["final", "mean", "max"] = "final"
@@ -143,7 +164,7 @@ def parse_override(item: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise ConfigError(f"override {item!r} is not KEY=VALUE (for example train.epochs=3)")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = _load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     # Only scalars are parsed: `ROMEO:` or `[x]` stay the strings they were typed as.
@@ -181,7 +202,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist; pass a YAML preset from configs/")
     try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+        tree = _load_yaml(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ConfigError(f"config file {path} is not valid UTF-8 YAML: {err}") from None
     if tree is None:
@@ -270,6 +291,7 @@ def _check_values(config: Config) -> None:
         "data.validation_fraction": config.data.validation_fraction,
         "data.test_fraction": config.data.test_fraction,
         "model.dropout": config.model.dropout,
+        "model.embedding_dropout": config.model.embedding_dropout,
         "model.recurrent_dropout": config.model.recurrent_dropout,
     }
     for key, value in fractions.items():

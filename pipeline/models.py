@@ -25,6 +25,7 @@ def build_sentiment_lstm(
     layers: int = 2,
     bidirectional: bool = True,
     dropout: float = 0.3,
+    embedding_dropout: float = 0.0,
     recurrent_dropout: float = 0.0,
     pooling: str = "final",
 ) -> keras.Model:
@@ -33,6 +34,7 @@ def build_sentiment_lstm(
     Args:
         vocab_size: number of token ids, 0 being padding.
         num_classes: size of the softmax.
+        embedding_dropout: the rate at which whole token embeddings are zeroed in training.
         pooling: `final` uses the last LSTM's final state (both directions' when
             bidirectional); `mean` averages its outputs over the unmasked positions.
 
@@ -41,6 +43,7 @@ def build_sentiment_lstm(
     """
     ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
     x = keras.layers.Embedding(vocab_size, embedding_dim, mask_zero=True, name="embedding")(ids)
+    x = keras.layers.SpatialDropout1D(embedding_dropout, name="token_dropout")(x)
     x = keras.layers.Dropout(dropout, name="embedding_dropout")(x)
     for i in range(layers):
         last = i == layers - 1
@@ -119,8 +122,8 @@ def build_model(config: Config, vocab_size: int, num_classes: int = 0) -> keras.
         )
     return build_sentiment_lstm(
         vocab_size, num_classes, embedding_dim=m.embedding_dim, units=m.units, layers=m.layers,
-        bidirectional=m.bidirectional, dropout=m.dropout, recurrent_dropout=m.recurrent_dropout,
-        pooling=m.pooling,
+        bidirectional=m.bidirectional, dropout=m.dropout, embedding_dropout=m.embedding_dropout,
+        recurrent_dropout=m.recurrent_dropout, pooling=m.pooling,
     )
 
 

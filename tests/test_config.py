@@ -52,6 +52,14 @@ def test_wrong_values_name_the_key(item, pattern):
         load_config(None, [item])
 
 
+def test_on_and_off_are_strings_as_in_yaml_1_2(tmp_path):
+    assert load_config(None, ["train.mixed_precision=on"]).train.mixed_precision == "on"
+    path = tmp_path / "preset.yaml"
+    path.write_text("train:\n  mixed_precision: off\n  deterministic: true\n")
+    config = load_config(path)
+    assert config.train.mixed_precision == "off" and config.train.deterministic is True
+
+
 def test_override_values_that_are_not_scalars_stay_strings():
     assert parse_override("train.sample_prompt=ROMEO:") == ("train.sample_prompt", "ROMEO:")
     assert parse_override("name=[x") == ("name", "[x")

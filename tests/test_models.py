@@ -69,3 +69,13 @@ def test_tied_language_model_survives_save_and_load(tmp_path):
     x = np.arange(2, 10, dtype="int32")[None]
     np.testing.assert_allclose(model(x), loaded(x), atol=1e-6)
     assert loaded.count_params() == model.count_params()
+
+
+def test_token_dropout_keeps_the_mask():
+    keras.utils.set_random_seed(0)
+    model = models.build_sentiment_lstm(30, 2, units=4, embedding_dim=4, layers=1, pooling="mean",
+                                        dropout=0.0, embedding_dropout=0.5)
+    short = model(np.array([[2, 5, 6]], dtype="int32"), training=False)
+    padded = model(np.array([[2, 5, 6, 0, 0]], dtype="int32"), training=False)
+    np.testing.assert_allclose(short, padded, atol=1e-6)
+    assert model.get_layer("token_dropout").supports_masking

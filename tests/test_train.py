@@ -1,0 +1,63 @@
+import json
+import logging
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+
+from pipeline import models, prepare, tokenize, tracking, train
+from pipeline.config import load_config
+
+from .conftest import tiny_overrides
+
+
+@pytest.fixture
+def float32_afterwards():
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
+def test_mixed_precision_on_trains_in_float16_with_a_float32_output(tiny_config, float32_afterwards):
+    config = load_config(None, ["train.mixed_precision=on"])
+    train.setup_runtime(config)
+    model = models.build_sentiment_lstm(40, 3, units=8, embedding_dim=8, layers=2)
+    assert model.get_layer("bidirectional_0").compute_dtype == "float16"
+    assert model.get_layer("classifier").compute_dtype == "float32"
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    x = np.array([[2, 5, 6, 0], [2, 7, 0, 0]], dtype="int32")
+    loss = model.train_on_batch(x, np.array([0, 2]))
+    assert np.isfinite(loss)
+    assert model(x).dtype == "float32"
+
+
+def test_mixed_precision_auto_is_float32_without_a_gpu(float32_afterwards):
+    train.setup_runtime(load_config(None, ["train.mixed_precision=auto"]))
+    expected = "mixed_float16" if models.gpu_visible() else "float32"
+    assert keras.mixed_precision.global_policy().name == expected
+
+
+def test_training_writes_model_history_and_kernel_report(tiny_config, tmp_path):
+    for stage in (prepare, tokenize, train):
+        stage.run(tiny_config, tmp_path / "work")
+    out = tmp_path / "work" / "train"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["epochs_run"] == 2 and summary["lstm_kernel"] in ("cudnn", "generic")
+    assert 0 <= summary["padding_fraction"] < 1
+    assert (out / "history.csv").read_text().splitlines()[0].startswith("epoch,")
+
+
+def test_recurrent_dropout_is_reported_with_its_cost(sentiment_files, tmp_path, caplog):
+    config = load_config(None, tiny_overrides(sentiment_files, tmp_path) + ["model.recurrent_dropout=0.2",
+                                                                            "train.epochs=1"])
+    prepare.run(config, tmp_path / "work")
+    tokenize.run(config, tmp_path / "work")
+    mlflow.set_experiment("kernel-report")
+    with caplog.at_level(logging.WARNING), tracking.start_run("train"):
+        train.run(config, tmp_path / "work")
+        run_id = tracking.run_id()
+    assert "cannot use the cuDNN kernel (recurrent_dropout=0.2)" in caplog.text
+    tags = mlflow.get_run(run_id).data.tags
+    assert tags["lstm_kernel"] == "generic"
+    assert tags["lstm_kernel.forward_lstm_0"] == "recurrent_dropout=0.2"
