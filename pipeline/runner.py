@@ -73,7 +73,10 @@ def _log_outputs(stage: str, config: Config, workdir: Path, result: Any) -> None
         for name in ("stats.json", "labels.json"):
             tracking.log_artifact(out / name, "prepare")
     elif stage == "tokenize":
-        tracking.log_metrics({"vocab_size": result.vocab_size})
+        splits = [s for s in ("train", "validation", "test") if s in result.stats]
+        tracking.log_metrics({"vocab_size": result.vocab_size,
+                              **{f"{s}_truncated": result.stats[s]["truncated"] for s in splits},
+                              **{f"{s}_tokens": result.stats[s]["tokens"] for s in splits}})
         for name in ("tokenizer.model", "tokenizer.vocab", "stats.json"):
             tracking.log_artifact(out / name, "tokenizer")
     elif stage == "train":

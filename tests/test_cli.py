@@ -76,6 +76,8 @@ def test_per_epoch_metrics_use_the_epoch_as_step(finished_run):
         assert [m.step for m in client.get_metric_history(train.info.run_id, key)] == [0, 1]
     assert 0.0 <= train.data.metrics["padding_fraction"] < 1.0
     assert train.data.tags["lstm_kernel"] in ("cudnn", "generic")
+    tokenize = _by_name(runs)["tokenize"]
+    assert tokenize.data.metrics["train_truncated"] >= 0 and tokenize.data.metrics["train_tokens"] > 0
 
 
 def test_artifacts(finished_run):
