@@ -18,15 +18,38 @@ from typing import Any
 import mlflow
 from mlflow.keras import MlflowCallback
 
+from pipeline.errors import TrackingError
+
 log = logging.getLogger(__name__)
 DEFAULT_EXPERIMENT = "pipeline"
 
 
 def configure(tracking_uri: str | None, experiment: str | None) -> None:
-    """Point MLflow at `tracking_uri` (MLflow's own default when None) and `experiment`."""
+    """Point MLflow at `tracking_uri` (MLflow's own default when None) and `experiment`.
+
+    A tracking server that does not answer fails here, in seconds, before any data work:
+    MLflow's own client would retry for minutes.
+    """
     if tracking_uri:
+        check_reachable(tracking_uri)
         mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_experiment(experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
+
+
+def check_reachable(tracking_uri: str, timeout: float = 3.0) -> None:
+    """Raise `TrackingError` unless an http(s) tracking server answers its health check."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:
+        requests.get(tracking_uri.rstrip("/") + "/health", timeout=timeout)
+    except requests.RequestException as err:
+        reason = type(err).__name__
+        raise TrackingError(
+            f"MLflow tracking server {tracking_uri} is unreachable ({reason}); start it "
+            "(mlflow server ...) or drop --tracking-uri to track in the local sqlite:///mlflow.db"
+        ) from None
 
 
 @contextlib.contextmanager

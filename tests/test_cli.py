@@ -125,6 +125,19 @@ def test_bad_input_is_one_line_and_nonzero(sentiment_files, tmp_path, make_args,
     assert not (tmp_path / "work" / "prepare").exists()
 
 
+def test_unreachable_tracking_server_fails_fast_before_any_work(sentiment_files, tmp_path):
+    import time
+
+    started = time.monotonic()
+    result = CliRunner().invoke(main, ["prepare", "--workdir", str(tmp_path / "work"),
+                                       "--tracking-uri", "http://127.0.0.1:9",
+                                       *_set(tiny_overrides(sentiment_files, tmp_path))])
+    assert time.monotonic() - started < 10
+    assert result.exit_code == 1
+    assert "Error: MLflow tracking server http://127.0.0.1:9 is unreachable" in result.output
+    assert not (tmp_path / "work").exists()
+
+
 def test_stage_out_of_order_says_what_to_run(tmp_path):
     result = CliRunner().invoke(main, ["train", "--workdir", str(tmp_path / "empty")])
     assert result.exit_code == 1
