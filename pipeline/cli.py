@@ -3,6 +3,7 @@ use an exported model. Commands only parse options, build the config and call on
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -49,16 +50,13 @@ def common_options(command):
     return wrapper
 
 
-class _errors_as_one_line:
+@contextlib.contextmanager
+def _errors_as_one_line():
     """Show the project's own errors as one `Error: ...` line and a non-zero exit."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, error, traceback):
-        if isinstance(error, PipelineError):
-            raise click.ClickException(str(error)) from None
-        return False
+    try:
+        yield
+    except PipelineError as error:
+        raise click.ClickException(str(error)) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

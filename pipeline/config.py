@@ -20,10 +20,6 @@ import yaml
 
 from pipeline.errors import ConfigError
 
-TASKS = ("sentiment", "lm")
-DATA_FORMATS = ("auto", "label_text", "csv", "tsv", "jsonl", "text", "folder")
-TOKENIZER_TYPES = ("unigram", "bpe", "char", "word")
-
 
 class _YAML12Loader(yaml.SafeLoader):
     """YAML's safe loader with YAML 1.2 booleans: only true/false, so `on`, `off`, `yes` and

@@ -60,7 +60,7 @@ def read_local(
 
     Args:
         path: the file, or for `folder` the directory holding one sub-folder per label.
-        fmt: one of `config.DATA_FORMATS`; `auto` picks by suffix.
+        fmt: `label_text`, `csv`, `tsv`, `jsonl`, `text`, `folder`, or `auto` (by suffix).
         task: `sentiment` needs labels; `lm` reads texts only.
         encoding: the text encoding of every file read.
         text_field, label_field: column or key names for csv, tsv and jsonl.

@@ -75,14 +75,10 @@ def log_params(params: dict[str, Any]) -> None:
         mlflow.log_params({k: ("None" if v is None else v) for k, v in params.items()})
 
 
-def log_metrics(metrics: dict[str, float], step: int | None = None, run: str | None = None) -> None:
-    """Log finite metrics on the active run, or on the run with id `run`."""
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    """Log the finite metrics on the active run."""
     finite = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
-    if run is not None:
-        client = mlflow.MlflowClient()
-        for key, value in finite.items():
-            client.log_metric(run, key, value, step=step or 0)
-    elif active():
+    if active():
         mlflow.log_metrics(finite, step=step)
 
 

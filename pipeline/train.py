@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -179,6 +180,5 @@ def _summarise(history: dict[str, list[float]], model_path: Path) -> TrainResult
 
 
 def _quiet() -> bool:
-    import sys
-
+    # One line per epoch in logs and CI; Keras's live progress bar on a terminal.
     return not sys.stdout.isatty()
