@@ -151,3 +151,38 @@ def generate(model_dir, prompt, max_tokens, temperature, top_k, seed, num_sample
             if num_samples > 1:
                 click.echo(f"--- sample {i + 1} (seed {seed + i})")
             click.echo(text)
+
+
+@main.command()
+@click.option("--experiment", envvar="MLFLOW_EXPERIMENT_NAME", help="MLflow experiment name. Default: pipeline.")
+@click.option("--metric", default="test_accuracy", show_default=True,
+              help="Sort by this metric: best first (lowest for loss, perplexity and bits per character).")
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI",
+              help="MLflow tracking URI. Default: MLflow's own (sqlite:///mlflow.db here).")
+def compare(experiment, metric, tracking_uri) -> None:
+    """Print the experiment's runs side by side: key params and test metrics, best first."""
+    with _errors_as_one_line():
+        from pipeline import tracking
+
+        tracking.use(tracking_uri)
+        click.echo(tracking.format_table(tracking.compare_runs(experiment, metric)))
+
+
+@main.command()
+@click.option("--port", default=5000, show_default=True, type=int, help="Port on 127.0.0.1.")
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI",
+              help="MLflow tracking URI. Default: MLflow's own (sqlite:///mlflow.db here), as `pipeline run` uses.")
+def ui(port, tracking_uri) -> None:
+    """Start the MLflow UI on 127.0.0.1 for the pipeline's tracking store, and print its URL."""
+    import subprocess
+
+    import mlflow
+
+    from pipeline import tracking
+
+    tracking.use(tracking_uri)
+    click.echo(f"MLflow UI for {mlflow.get_tracking_uri()}: http://127.0.0.1:{port}  (Ctrl-C stops it)")
+    try:
+        subprocess.run(tracking.ui_command(port), check=False)
+    except KeyboardInterrupt:
+        pass

@@ -103,8 +103,53 @@ def test_predict_command_on_the_export(finished_run):
     assert all(r["label"] in ("0", "1") for r in rows)
 
 
+def test_compare_prints_the_runs_with_params_and_metrics(finished_run):
+    root = finished_run[0]
+    result = _invoke("compare", "--tracking-uri", f"sqlite:///{root / 'mlflow.db'}", "--experiment", "tiny")
+    assert result.exit_code == 0, result.output
+    header, row = result.output.strip().splitlines()
+    assert header.split()[:2] == ["run", "status"] and "test_accuracy" in header and "model.units" in header
+    assert row.split()[:2] == ["tiny-bilstm-2x8", "FINISHED"]
+    parent = [r for r in finished_run[3] if "mlflow.parentRunId" not in r.data.tags][0]
+    assert f"{parent.data.metrics['test_accuracy']:.4f}" in row.split()
+
+
+def test_compare_unknown_experiment_is_one_line(finished_run):
+    result = CliRunner().invoke(main, ["compare", "--tracking-uri", f"sqlite:///{finished_run[0] / 'mlflow.db'}",
+                                       "--experiment", "nope"])
+    assert result.exit_code == 1 and "Error: no MLflow experiment named 'nope'" in result.output
+
+
+def test_ui_serves_the_tracking_store(finished_run):
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    from pipeline import tracking
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mlflow.set_tracking_uri(f"sqlite:///{finished_run[0] / 'mlflow.db'}")
+    server = subprocess.Popen(tracking.ui_command(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                    assert response.status == 200
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "mlflow ui did not answer within 90 s"
+                time.sleep(1)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def test_every_command_has_help():
-    for command in [*STAGES, "run", "predict"]:
+    for command in [*STAGES, "run", "predict", "generate", "compare", "ui"]:
         result = _invoke(command, "--help")
         assert result.exit_code == 0 and "Usage:" in result.output
         assert "  --" in result.output
