@@ -8,6 +8,7 @@ import functools
 import json
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -32,15 +33,18 @@ def common_options(command):
                   help="YAML preset, e.g. configs/sst2_local.yaml. Without it, built-in defaults (the imdb preset).")
     @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
                   help="Override one config key, e.g. --set train.epochs=3. Repeatable; values are YAML scalars.")
+    @click.option("--overrides", "override_string", default="", metavar="'KEY=VALUE ...'",
+                  help="Several overrides in one string, space-separated (as MLproject passes them); "
+                       "applied before --set.")
     @click.option("--workdir", type=click.Path(file_okay=False),
                   help="Where stage outputs go. Default: data/work/<config name>.")
     @click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI",
                   help="MLflow tracking URI. Default: MLflow's own (sqlite:///mlflow.db here).")
     @click.option("--experiment", envvar="MLFLOW_EXPERIMENT_NAME", help="MLflow experiment name. Default: pipeline.")
     @functools.wraps(command)
-    def wrapper(config_path, overrides, workdir, tracking_uri, experiment, **kwargs):
+    def wrapper(config_path, override_string, overrides, workdir, tracking_uri, experiment, **kwargs):
         with _errors_as_one_line():
-            config = load_config(config_path, overrides)
+            config = load_config(config_path or None, [*shlex.split(override_string), *overrides])
             workdir = Path(workdir or Path("data") / "work" / config.name)
             from pipeline import tracking
 

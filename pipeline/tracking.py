@@ -31,7 +31,9 @@ def configure(tracking_uri: str | None, experiment: str | None) -> None:
     MLflow's own client would retry for minutes.
     """
     use(tracking_uri)
-    mlflow.set_experiment(experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
+    if experiment or "MLFLOW_EXPERIMENT_ID" not in os.environ:
+        mlflow.set_experiment(experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
+    # Otherwise `mlflow run` chose the experiment, and its run becomes the pipeline's parent run.
 
 
 def use(tracking_uri: str | None) -> None:

@@ -1,0 +1,38 @@
+"""`mlflow run` on the MLproject file, with the real MLflow CLI and a SQLite store in tmp_path."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+
+from pipeline.config import dump_yaml, load_config
+
+from .conftest import tiny_overrides
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_mlflow_run_main_gives_one_parent_with_nested_stage_runs(sentiment_files, tmp_path):
+    config_path = tmp_path / "tiny.yaml"
+    dump_yaml(load_config(None, tiny_overrides(sentiment_files, tmp_path)), config_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("MLFLOW_EXPERIMENT_NAME", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "mlflow", "run", str(ROOT), "--env-manager", "local", "-e", "main",
+         "--experiment-name", "project", "-P", f"config={config_path}", "-P", "overrides=train.epochs=1 model.units=4",
+         "-P", f"workdir={tmp_path / 'work'}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("project").experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1, [r.info.run_name for r in parents]
+    parent = parents[0]
+    assert parent.data.tags.get("mlflow.project.entryPoint") == "main", "the run `mlflow run` made is the parent"
+    assert parent.info.run_name == "tiny-bilstm-2x4" and parent.data.params["train.epochs"] == "1"
+    children = sorted(r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id)
+    assert children == sorted(["prepare", "tokenize", "train", "evaluate", "export"])
+    assert "test_accuracy" in parent.data.metrics
