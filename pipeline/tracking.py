@@ -31,9 +31,10 @@ def configure(tracking_uri: str | None, experiment: str | None) -> None:
     MLflow's own client would retry for minutes.
     """
     use(tracking_uri)
-    if experiment or "MLFLOW_EXPERIMENT_ID" not in os.environ:
+    # Under `mlflow run` (MLFLOW_RUN_ID set), its run and experiment become the pipeline's parent
+    # run and experiment. MLFLOW_EXPERIMENT_ID is no such sign: set_experiment exports it too.
+    if experiment or "MLFLOW_RUN_ID" not in os.environ:
         mlflow.set_experiment(experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
-    # Otherwise `mlflow run` chose the experiment, and its run becomes the pipeline's parent run.
 
 
 def use(tracking_uri: str | None) -> None:

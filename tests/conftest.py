@@ -42,6 +42,10 @@ def isolated_mlflow(tmp_path_factory, monkeypatch):
     root.mkdir(exist_ok=True)
     monkeypatch.chdir(root)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    # mlflow.set_experiment exports MLFLOW_EXPERIMENT_ID; one test's id must not reach the next.
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+    yield
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
 
 
 @pytest.fixture

@@ -19,7 +19,8 @@ def test_mlflow_run_main_gives_one_parent_with_nested_stage_runs(sentiment_files
     dump_yaml(load_config(None, tiny_overrides(sentiment_files, tmp_path)), config_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    env.pop("MLFLOW_EXPERIMENT_NAME", None)
+    for name in ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):
+        env.pop(name, None)
     done = subprocess.run(
         [sys.executable, "-m", "mlflow", "run", str(ROOT), "--env-manager", "local", "-e", "main",
          "--experiment-name", "project", "-P", f"config={config_path}", "-P", "overrides=train.epochs=1 model.units=4",
