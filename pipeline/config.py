@@ -305,6 +305,18 @@ def _check_values(config: Config) -> None:
 
 
 def run_name(config: Config) -> str:
-    """A name that says what the run is, e.g. `sst2-bilstm-2x128`."""
+    """A name that says what the model is, e.g. `sst2-bilstm-2x128` (also its export folder)."""
     kind = "bilstm" if config.model.bidirectional else "lstm"
     return f"{config.name}-{kind}-{config.model.layers}x{config.model.units}"
+
+
+def fingerprint(config: Config, length: int = 6) -> str:
+    """A short hash of the resolved config: equal configs, equal fingerprints.
+
+    Values are already typed by `load_config`, so `3` and `"3"` cannot give two fingerprints.
+    """
+    import hashlib
+    import json
+
+    text = json.dumps(flatten(config), sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]

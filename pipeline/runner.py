@@ -15,7 +15,7 @@ import keras
 import tensorflow as tf
 
 from pipeline import config as config_lib
-from pipeline import evaluate, export, prepare, tokenize, tracking, train
+from pipeline import evaluate, export, models, prepare, tokenize, tracking, train
 from pipeline.config import Config
 from pipeline.workdir import STAGES, stage_dir
 
@@ -36,12 +36,14 @@ def run_stage(stage: str, config: Config, workdir: str | Path) -> Any:
 def run_all(config: Config, workdir: str | Path) -> dict[str, Any]:
     """Run every stage in order under one parent run; the test metrics land on the parent too."""
     results = {}
-    with tracking.start_run(config_lib.run_name(config), tags=run_tags(config)):
+    name = f"{config_lib.run_name(config)}-{config_lib.fingerprint(config)}"
+    with tracking.start_run(name, tags={**run_tags(config), "config_fingerprint": config_lib.fingerprint(config)}):
         log_config(config)
         for stage in STAGES:
             results[stage] = run_stage(stage, config, workdir)
+        # What the UI's run table should show without opening the child runs.
         tracking.log_metrics(results["evaluate"].metrics)
-        tracking.set_tags({"export_path": results["export"].path})
+        tracking.set_tags({"export_path": results["export"].path, "lstm_kernel": results["train"].lstm_kernel})
     return results
 
 
@@ -53,6 +55,7 @@ def run_tags(config: Config) -> dict[str, str]:
         "preset": config.name,
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
+        "device": "gpu" if models.gpu_visible() else "cpu",
     }
 
 

@@ -37,6 +37,7 @@ class TrainResult:
     epochs_run: int
     best_epoch: int
     best_metrics: dict[str, float]
+    lstm_kernel: str = "generic"
 
 
 def run(config: Config, workdir: str | Path) -> TrainResult:
@@ -66,7 +67,7 @@ def run(config: Config, workdir: str | Path) -> TrainResult:
         (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     log.info("trained %d epochs; best epoch %d: %s", result.epochs_run, result.best_epoch, result.best_metrics)
     return TrainResult(stage_dir(workdir, "train") / "model.keras", result.epochs_run,
-                       result.best_epoch, result.best_metrics)
+                       result.best_epoch, result.best_metrics, kernel)
 
 
 def setup_runtime(config: Config) -> None:

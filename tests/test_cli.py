@@ -1,6 +1,7 @@
 """The CLI end to end through Click's CliRunner, with MLflow tracking in tmp_path."""
 
 import json
+import re
 
 import mlflow
 import pytest
@@ -45,20 +46,24 @@ def test_one_parent_run_with_a_nested_run_per_stage(finished_run):
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1
     parent = parents[0]
-    assert parent.info.run_name == "tiny-bilstm-2x8" and parent.info.status == "FINISHED"
+    fingerprint = parent.data.tags["config_fingerprint"]
+    assert parent.info.run_name == f"tiny-bilstm-2x8-{fingerprint}" and parent.info.status == "FINISHED"
+    assert re.fullmatch(r"[0-9a-f]{6}", fingerprint)
+    assert parent.data.tags["device"] in ("cpu", "gpu") and parent.data.tags["lstm_kernel"] in ("cudnn", "generic")
     children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
     assert sorted(children) == sorted(STAGES)
     assert all(r.info.status == "FINISHED" for r in children.values())
 
 
 def _by_name(runs):
-    return {r.info.run_name: r for r in runs}
+    """Runs by name; the parent run (named after the model and config) under "parent"."""
+    return {("parent" if "mlflow.parentRunId" not in r.data.tags else r.info.run_name): r for r in runs}
 
 
 def test_params_tags_and_test_metrics_on_parent_and_evaluate(finished_run):
     _, result, _, runs = finished_run
     runs = _by_name(runs)
-    parent, evaluate = runs["tiny-bilstm-2x8"], runs["evaluate"]
+    parent, evaluate = runs["parent"], runs["evaluate"]
     assert parent.data.params["model.units"] == "8"
     assert parent.data.params["train.epochs"] == "2"
     assert parent.data.tags["task"] == "sentiment" and parent.data.tags["dataset"] == "train.txt"
@@ -87,7 +92,7 @@ def test_artifacts(finished_run):
     def listed(run, path=""):
         return {a.path for a in client.list_artifacts(runs[run].info.run_id, path)}
 
-    assert "config.yaml" in listed("tiny-bilstm-2x8")
+    assert "config.yaml" in listed("parent")
     assert {"tokenizer/tokenizer.model", "tokenizer/tokenizer.vocab"} <= listed("tokenize", "tokenizer")
     assert {"evaluate/metrics.json", "evaluate/confusion_matrix.png", "evaluate/curve_loss.png",
             "evaluate/curve_accuracy.png"} <= listed("evaluate", "evaluate")
@@ -109,7 +114,7 @@ def test_compare_prints_the_runs_with_params_and_metrics(finished_run):
     assert result.exit_code == 0, result.output
     header, row = result.output.strip().splitlines()
     assert header.split()[:2] == ["run", "status"] and "test_accuracy" in header and "model.units" in header
-    assert row.split()[:2] == ["tiny-bilstm-2x8", "FINISHED"]
+    assert row.split()[0].startswith("tiny-bilstm-2x8-") and row.split()[1] == "FINISHED"
     parent = [r for r in finished_run[3] if "mlflow.parentRunId" not in r.data.tags][0]
     assert f"{parent.data.metrics['test_accuracy']:.4f}" in row.split()
 

@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.config import Config, flatten, load_config, parse_override, run_name
+from pipeline.config import Config, fingerprint, flatten, load_config, parse_override, run_name
 from pipeline.errors import ConfigError
 
 from .conftest import PRESETS_DIR
@@ -78,6 +78,15 @@ def test_language_model_cannot_be_bidirectional():
 def test_missing_config_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_fingerprint_follows_values_not_spelling(tmp_path):
+    same = fingerprint(load_config(None, ["train.epochs=3", "train.learning_rate=1"]))
+    assert same == fingerprint(load_config(None, ["train.epochs=3", "train.learning_rate=1.0"]))
+    preset = tmp_path / "imdb.yaml"
+    preset.write_text("train:\n  epochs: 3\n  learning_rate: 1.0\n")
+    assert same == fingerprint(load_config(preset))
+    assert same != fingerprint(load_config(None, ["train.epochs=4", "train.learning_rate=1"]))
 
 
 def test_flatten_and_run_name():

@@ -102,7 +102,8 @@ def lm_run(tmp_path_factory):
 
 def test_lm_run_logs_bits_per_char_and_samples(lm_run):
     _, client, runs = lm_run
-    parent, evaluate_run, train_run = runs["tinylm-lstm-2x16"], runs["evaluate"], runs["train"]
+    parent = next(r for name, r in runs.items() if name.startswith("tinylm-lstm-2x16-"))
+    evaluate_run, train_run = runs["evaluate"], runs["train"]
     for key in ("test_loss", "test_perplexity", "test_bits_per_char"):
         assert parent.data.metrics[key] == evaluate_run.data.metrics[key]
     assert 0 < parent.data.metrics["test_bits_per_char"] < 10

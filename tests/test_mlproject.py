@@ -33,7 +33,7 @@ def test_mlflow_run_main_gives_one_parent_with_nested_stage_runs(sentiment_files
     assert len(parents) == 1, [r.info.run_name for r in parents]
     parent = parents[0]
     assert parent.data.tags.get("mlflow.project.entryPoint") == "main", "the run `mlflow run` made is the parent"
-    assert parent.info.run_name == "tiny-bilstm-2x4" and parent.data.params["train.epochs"] == "1"
+    assert parent.info.run_name.startswith("tiny-bilstm-2x4-") and parent.data.params["train.epochs"] == "1"
     children = sorted(r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id)
     assert children == sorted(["prepare", "tokenize", "train", "evaluate", "export"])
     assert "test_accuracy" in parent.data.metrics
