@@ -147,14 +147,14 @@ def generate(model_dir, prompt, max_tokens, temperature, top_k, seed, num_sample
     with _errors_as_one_line():
         from pipeline import predict as predict_lib
 
-        for i in range(num_samples):
-            (text,), notes = predict_lib.generate(model_dir, [prompt], max_tokens=max_tokens, temperature=temperature,
-                                                  top_k=top_k, seed=seed + i)
-            for note in notes if i == 0 else []:
-                click.echo(f"note: {note}", err=True)
-            if num_samples > 1:
-                click.echo(f"--- sample {i + 1} (seed {seed + i})")
-            click.echo(text)
+        texts, notes = predict_lib.generate(model_dir, [prompt], max_tokens=max_tokens, temperature=temperature,
+                                            top_k=top_k, seed=seed, samples=num_samples)
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
+    for i, text in enumerate(texts):
+        if num_samples > 1:
+            click.echo(f"--- sample {i + 1} (seed {seed + i})")
+        click.echo(text)
 
 
 @main.command()

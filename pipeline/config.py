@@ -87,7 +87,7 @@ class ModelConfig:
     embedding_dropout: float = 0.0
     # Anything above 0 rules out the cuDNN kernel; kept for users who accept that cost.
     recurrent_dropout: float = 0.0
-    pooling: Literal["final", "mean", "max"] = "final"
+    pooling: Literal["final", "mean"] = "final"
     tie_embeddings: bool = False
 
 

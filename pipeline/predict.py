@@ -54,11 +54,14 @@ def classify(model_dir: str | Path, texts: list[str]) -> list[dict]:
 
 
 def generate(model_dir: str | Path, prompts: list[str], *, max_tokens: int, temperature: float, top_k: int,
-             seed: int) -> tuple[list[str], list[str]]:
+             seed: int, samples: int = 1) -> tuple[list[str], list[str]]:
     """Continue each prompt with the exported language model in `model_dir`.
 
+    Sample i uses seed `seed + i`; the export is loaded once for all of them.
+
     Returns:
-        The texts (prompt plus continuation) and notes about adjusted settings.
+        The texts (prompt plus continuation), sample by sample and prompt by prompt within a
+        sample, and notes about adjusted settings.
     """
     import tensorflow as tf
 
@@ -71,8 +74,11 @@ def generate(model_dir: str | Path, prompts: list[str], *, max_tokens: int, temp
     if top_k > info["vocab_size"]:
         notes.append(f"--top-k {top_k} is larger than the vocabulary; using all {info['vocab_size']} tokens")
         top_k = 0
-    outputs = loaded.signatures["generate"](
-        prompt=tf.constant(prompts, dtype=tf.string), max_tokens=tf.constant(max_tokens, tf.int32),
-        temperature=tf.constant(temperature, tf.float32), top_k=tf.constant(top_k, tf.int32),
-        seed=tf.constant(seed, tf.int64))
-    return [t.decode("utf-8") for t in outputs["text"].numpy()], notes
+    texts = []
+    for i in range(samples):
+        outputs = loaded.signatures["generate"](
+            prompt=tf.constant(prompts, dtype=tf.string), max_tokens=tf.constant(max_tokens, tf.int32),
+            temperature=tf.constant(temperature, tf.float32), top_k=tf.constant(top_k, tf.int32),
+            seed=tf.constant(seed + i, tf.int64))
+        texts += [t.decode("utf-8") for t in outputs["text"].numpy()]
+    return texts, notes

@@ -36,8 +36,9 @@ def run_stage(stage: str, config: Config, workdir: str | Path) -> Any:
 def run_all(config: Config, workdir: str | Path) -> dict[str, Any]:
     """Run every stage in order under one parent run; the test metrics land on the parent too."""
     results = {}
-    name = f"{config_lib.run_name(config)}-{config_lib.fingerprint(config)}"
-    with tracking.start_run(name, tags={**run_tags(config), "config_fingerprint": config_lib.fingerprint(config)}):
+    fingerprint = config_lib.fingerprint(config)
+    name = f"{config_lib.run_name(config)}-{fingerprint}"
+    with tracking.start_run(name, tags={**run_tags(config), "config_fingerprint": fingerprint}):
         log_config(config)
         for stage in STAGES:
             results[stage] = run_stage(stage, config, workdir)

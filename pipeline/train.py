@@ -37,7 +37,7 @@ class TrainResult:
     epochs_run: int
     best_epoch: int
     best_metrics: dict[str, float]
-    lstm_kernel: str = "generic"
+    lstm_kernel: str
 
 
 def run(config: Config, workdir: str | Path) -> TrainResult:
@@ -61,13 +61,11 @@ def run(config: Config, workdir: str | Path) -> TrainResult:
             callbacks=_callbacks(config, out, extra), verbose=2 if _quiet() else 1, shuffle=False,
         )
         model.save(out / "model.keras")
-        result = _summarise(history.history, out / "model.keras")
-        summary = {**asdict(result), "model_path": "model.keras", "lstm_kernel": kernel,
-                   "padding_fraction": extra.get("padding_fraction")}
+        result = _summarise(history.history, stage_dir(workdir, "train") / "model.keras", kernel)
+        summary = {**asdict(result), "model_path": "model.keras", "padding_fraction": extra.get("padding_fraction")}
         (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     log.info("trained %d epochs; best epoch %d: %s", result.epochs_run, result.best_epoch, result.best_metrics)
-    return TrainResult(stage_dir(workdir, "train") / "model.keras", result.epochs_run,
-                       result.best_epoch, result.best_metrics, kernel)
+    return result
 
 
 def setup_runtime(config: Config) -> None:
@@ -173,11 +171,11 @@ def _report_kernels(model: keras.Model) -> str:
     return kernel
 
 
-def _summarise(history: dict[str, list[float]], model_path: Path) -> TrainResult:
+def _summarise(history: dict[str, list[float]], model_path: Path, kernel: str) -> TrainResult:
     val_loss = history.get("val_loss") or history["loss"]
     best = int(np.nanargmin(val_loss))
     metrics = {k: float(v[best]) for k, v in history.items()}
-    return TrainResult(model_path, len(history["loss"]), best, metrics)
+    return TrainResult(model_path, len(history["loss"]), best, metrics, kernel)
 
 
 def _quiet() -> bool:

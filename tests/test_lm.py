@@ -144,6 +144,10 @@ def test_generate_command(lm_run):
     args = ["generate", export_dir, "--prompt", "JULIET:", "--max-tokens", "8", "--seed", "1"]
     run, again = CliRunner().invoke(main, args), CliRunner().invoke(main, args)
     assert run.exit_code == 0 and run.output == again.output and run.output.startswith("JULIET:")
+    two = CliRunner().invoke(main, ["generate", export_dir, "--prompt", "JULIET:", "--max-tokens", "8", "--seed", "0",
+                                    "--num-samples", "2"])
+    assert two.exit_code == 0 and two.output.count("--- sample ") == 2
+    assert two.output.split("--- sample 2 (seed 1)\n")[1] == run.output, "sample i uses seed + i"
     clamped = CliRunner().invoke(main, ["generate", export_dir, "--top-k", "100000", "--max-tokens", "3",
                                         "--temperature", "0"])
     assert clamped.exit_code == 0 and "larger than the vocabulary" in clamped.output
