@@ -9,14 +9,16 @@ import json
 import logging
 import os
 import shlex
+import signal
 import sys
 from pathlib import Path
 
 import click
 
 from pipeline.config import load_config
-from pipeline.errors import PipelineError
+from pipeline.errors import Interrupted, PipelineError
 
+STAGES = ("prepare", "tokenize", "train", "evaluate", "export")
 STAGE_HELP = {
     "prepare": "Read the dataset (TFDS or local files) and write normalised splits.",
     "tokenize": "Train SentencePiece on the training split and encode every split.",
@@ -56,11 +58,20 @@ def common_options(command):
 
 @contextlib.contextmanager
 def _errors_as_one_line():
-    """Show the project's own errors as one `Error: ...` line and a non-zero exit."""
+    """Show the project's own errors as one `Error: ...` line and a non-zero exit; an interrupt
+    exits 128 + the signal number (130 for Ctrl-C, 143 for SIGTERM), as shells expect."""
     try:
         yield
     except PipelineError as error:
         raise click.ClickException(str(error)) from None
+    except Interrupted as stop:
+        click.echo(f"Interrupted ({signal.Signals(stop.signum).name}): the MLflow run is marked KILLED; "
+                   "the same command resumes training from its last finished epoch.", err=True)
+        sys.exit(stop.exit_code)
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signum)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -71,6 +82,9 @@ def main(verbose: bool) -> None:
 
     Run all stages with `pipeline run --config configs/sst2_local.yaml`, or one at a time.
     """
+    # Ctrl-C and SIGTERM unwind the stack like an exception, so runs are marked KILLED on the way.
+    signal.signal(signal.SIGINT, _raise_interrupted)
+    signal.signal(signal.SIGTERM, _raise_interrupted)
     if not verbose:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -80,11 +94,18 @@ def main(verbose: bool) -> None:
 
 @main.command()
 @common_options
-def run(config, workdir) -> None:
-    """Run prepare, tokenize, train, evaluate and export in order, in one MLflow parent run."""
+@click.option("--force", is_flag=False, flag_value="prepare", default=None, type=click.Choice(STAGES),
+              help="Re-run stages whose output for this config exists: `--force` alone re-runs all, "
+                   "`--force STAGE` that stage and every later one. Default: reuse finished stages.")
+def run(config, workdir, force) -> None:
+    """Run prepare, tokenize, train, evaluate and export in order, in one MLflow parent run.
+
+    Stages whose output for this config already exists are reused (one line says so), and a
+    training that was interrupted resumes from its last finished epoch.
+    """
     from pipeline import runner
 
-    results = runner.run_all(config, workdir)
+    results = runner.run_all(config, workdir, force=force)
     metrics = results["evaluate"].metrics
     click.echo(" ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
     click.echo(f"exported {results['export'].path}")
@@ -92,10 +113,11 @@ def run(config, workdir) -> None:
 
 def _stage_command(stage: str):
     @common_options
-    def command(config, workdir) -> None:
+    @click.option("--force", is_flag=True, help="Run the stage even if its output for this config exists.")
+    def command(config, workdir, force) -> None:
         from pipeline import runner
 
-        runner.run_stage(stage, config, workdir)
+        runner.run_stage(stage, config, workdir, force=force)
 
     command.__doc__ = STAGE_HELP[stage]
     main.command(name=stage, help=STAGE_HELP[stage])(command)

@@ -82,6 +82,17 @@ def _sequences(arrays: dict[str, np.ndarray]) -> tf.data.Dataset:
                   deterministic=True)
 
 
+def skip_epochs(dataset: tf.data.Dataset, epochs: int) -> None:
+    """Iterate `dataset` `epochs` times, so a reshuffling dataset moves on to the next epoch's order.
+
+    A resumed training calls this for the epochs it already did: a seeded shuffle's order for
+    epoch k is the order of the dataset's (k+1)-th pass, whatever process runs it.
+    """
+    for _ in range(epochs):
+        for _ in dataset:
+            pass
+
+
 def padding_fraction(dataset: tf.data.Dataset) -> float:
     """The share of padded positions over one pass of a `(ids, labels)` dataset."""
     padded = total = 0

@@ -28,3 +28,20 @@ class ExportError(PipelineError):
 
 class TrackingError(PipelineError):
     """MLflow cannot be reached or used as configured."""
+
+
+class TrainingError(PipelineError):
+    """Training that cannot go on, such as a loss that became NaN."""
+
+
+class Interrupted(BaseException):
+    """The process was asked to stop (SIGINT or SIGTERM). Like `KeyboardInterrupt`, it is not an
+    `Exception`, so no `except Exception` swallows it on the way out."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by signal {signum}")
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

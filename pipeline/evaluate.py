@@ -22,7 +22,7 @@ import numpy as np
 from pipeline import data, plots
 from pipeline.config import Config
 from pipeline.tokenize import load_split
-from pipeline.workdir import atomic_output, require_stage, stage_dir
+from pipeline.workdir import require_stage, stage_dir, stage_output
 
 log = logging.getLogger(__name__)
 
@@ -37,15 +37,16 @@ class EvaluateResult:
 
 def run(config: Config, workdir: str | Path) -> EvaluateResult:
     """Compute test metrics and plots for the model in `<workdir>/train/`."""
-    trained = require_stage(workdir, "train", needed_by="evaluate")
-    tokenized = require_stage(workdir, "tokenize", needed_by="evaluate")
+    trained = require_stage(config, workdir, "train", needed_by="evaluate")
+    tokenized = require_stage(config, workdir, "tokenize", needed_by="evaluate")
     model = keras.saving.load_model(trained / "model.keras", safe_mode=True)
     test = load_split(tokenized, "test")
-    with atomic_output(stage_dir(workdir, "evaluate")) as out:
+    with stage_output(config, workdir, "evaluate") as out:
         if config.task == "lm":
             metrics = language_model_metrics(model, test, config.train.sequence_length, config.train.batch_size)
         else:
-            labels = json.loads((Path(workdir) / "prepare" / "labels.json").read_text(encoding="utf-8"))
+            prepared = require_stage(config, workdir, "prepare", needed_by="evaluate")
+            labels = json.loads((prepared / "labels.json").read_text(encoding="utf-8"))
             probs = predict_probabilities(model, test, config.train.batch_size)
             metrics = classification_metrics(test["labels"], probs)
             matrix = _confusion(test["labels"], probs, len(labels))
@@ -53,7 +54,13 @@ def run(config: Config, workdir: str | Path) -> EvaluateResult:
         plots.learning_curves(trained / "history.csv", out)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     log.info("test metrics: %s", ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-    return EvaluateResult(stage_dir(workdir, "evaluate"), metrics)
+    return EvaluateResult(stage_dir(config, workdir, "evaluate"), metrics)
+
+
+def load(config: Config, workdir: str | Path) -> EvaluateResult:
+    """The result of a finished evaluate stage, read back from its `metrics.json`."""
+    out = require_stage(config, workdir, "evaluate", needed_by="pipeline run")
+    return EvaluateResult(out, json.loads((out / "metrics.json").read_text(encoding="utf-8")))
 
 
 def predict_probabilities(model: keras.Model, arrays: dict[str, np.ndarray], batch_size: int) -> np.ndarray:

@@ -21,9 +21,11 @@ import keras
 import tensorflow as tf
 import tensorflow_text as tf_text
 
+from pipeline import cache, tracking
 from pipeline import config as config_lib
 from pipeline.config import Config
-from pipeline.workdir import atomic_output, require_stage
+from pipeline.errors import MissingStageError
+from pipeline.workdir import atomic_output, is_finished, producer, require_stage
 
 log = logging.getLogger(__name__)
 INFO_FILE = "pipeline.json"
@@ -58,8 +60,8 @@ class SentimentServer(tf.Module):
 
 def run(config: Config, workdir: str | Path) -> ExportResult:
     """Export the trained model under the next version number of `<export.dir>/<run name>/`."""
-    trained = require_stage(workdir, "train", needed_by="export")
-    tokenized = require_stage(workdir, "tokenize", needed_by="export")
+    trained = require_stage(config, workdir, "train", needed_by="export")
+    tokenized = require_stage(config, workdir, "tokenize", needed_by="export")
     model = keras.saving.load_model(trained / "model.keras", safe_mode=True)
     tokenizer_model = (tokenized / "tokenizer.model").read_bytes()
     if config.task == "lm":
@@ -68,20 +70,40 @@ def run(config: Config, workdir: str | Path) -> ExportResult:
         server, signatures = build_lm_server(model, tokenizer_model)
         info = {"task": "lm", "vocab_size": model.get_layer("embedding").input_dim}
     else:
-        labels = json.loads((Path(workdir) / "prepare" / "labels.json").read_text(encoding="utf-8"))
+        prepared = require_stage(config, workdir, "prepare", needed_by="export")
+        labels = json.loads((prepared / "labels.json").read_text(encoding="utf-8"))
         server = SentimentServer(model, tokenizer_model, labels, config.train.max_length)
         signatures = {"serving_default": server.serve}
         info = {"task": "sentiment", "labels": labels}
     root = Path(config.export.dir) / config_lib.run_name(config)
     version = next_version(root)
-    with atomic_output(root / str(version)) as out:
+    key = cache.stage_keys(config)["export"]
+    with atomic_output(root / str(version), {"stage": "export", "key": key, **tracking.run_reference()}) as out:
         tf.saved_model.save(server, str(out), signatures=signatures)
-        info.update(run_name=config_lib.run_name(config), version=version, max_length=config.train.max_length)
+        info.update(run_name=config_lib.run_name(config), version=version, max_length=config.train.max_length, key=key)
         (out / INFO_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False), encoding="utf-8")
         (out / "assets").mkdir(exist_ok=True)
         shutil.copy(tokenized / "tokenizer.model", out / "assets" / "tokenizer.model")
     log.info("exported %s", root / str(version))
     return ExportResult(root / str(version), version)
+
+
+def load(config: Config, workdir: str | Path) -> ExportResult:
+    """The export already made from this config's trained model."""
+    path = find(config)
+    if path is None:
+        raise MissingStageError(f"no export of this config's model under {config.export.dir}; run `pipeline export`")
+    return ExportResult(path, int(path.name))
+
+
+def find(config: Config) -> Path | None:
+    """The newest finished version under `<export.dir>/<run name>/` exported from this config's model."""
+    key = cache.stage_keys(config)["export"]
+    root = Path(config.export.dir) / config_lib.run_name(config)
+    for version in sorted((p for p in root.glob("*") if p.name.isdigit()), key=lambda p: -int(p.name)):
+        if is_finished(version) and producer(version).get("key") == key:
+            return version
+    return None
 
 
 def next_version(root: Path) -> int:

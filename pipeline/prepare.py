@@ -22,7 +22,7 @@ import numpy as np
 from pipeline.config import Config
 from pipeline.errors import DataError
 from pipeline.readers import Examples, read_local, read_tfds
-from pipeline.workdir import atomic_output, stage_dir
+from pipeline.workdir import require_stage, stage_dir, stage_output
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "validation", "test")
@@ -46,7 +46,7 @@ def run(config: Config, workdir: str | Path) -> PrepareResult:
         log.info("skipped %d blank texts", skipped)
     splits = _carve_missing(config, splits)
     labels = _label_vocabulary(config, splits)
-    with atomic_output(stage_dir(workdir, "prepare")) as out:
+    with stage_output(config, workdir, "prepare") as out:
         for name, examples in splits.items():
             _write_split(out / f"{name}.jsonl", examples, labels)
         (out / "labels.json").write_text(json.dumps(labels, ensure_ascii=False), encoding="utf-8")
@@ -55,7 +55,16 @@ def run(config: Config, workdir: str | Path) -> PrepareResult:
         (out / "stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False), encoding="utf-8")
     counts = {name: len(examples.texts) for name, examples in splits.items()}
     log.info("prepared %s", ", ".join(f"{k}={v}" for k, v in counts.items()))
-    return PrepareResult(stage_dir(workdir, "prepare"), counts, labels, skipped)
+    return PrepareResult(stage_dir(config, workdir, "prepare"), counts, labels, skipped)
+
+
+def load(config: Config, workdir: str | Path) -> PrepareResult:
+    """The result of a finished prepare stage, read back from its files."""
+    out = require_stage(config, workdir, "prepare", needed_by="pipeline run")
+    stats = json.loads((out / "stats.json").read_text(encoding="utf-8"))
+    labels = json.loads((out / "labels.json").read_text(encoding="utf-8"))
+    counts = {name: stats[name]["examples"] for name in SPLITS if name in stats}
+    return PrepareResult(out, counts, labels, stats["skipped_blank"])
 
 
 def read_examples(path: Path) -> tuple[list[str], list[int]]:
@@ -187,8 +196,18 @@ def _label_vocabulary(config: Config, splits: dict[str, Examples]) -> list[str]:
                 f"{_source(config, name) or name}: split {name} has labels the training split never saw: "
                 f"{', '.join(sorted(map(str, unknown))[:5])}; fix the labels or add them to training data"
             )
-    # Integer-looking labels sort numerically, so "10" does not come before "2".
-    return sorted(seen, key=lambda v: (0, int(v), "") if v.lstrip("-").isdigit() else (1, 0, v))
+    return sorted(seen, key=_label_order)
+
+
+def _label_order(label: str) -> tuple[int, int, str]:
+    """Integer labels first and by value, so "10" does not come before "2", then the others.
+
+    The label itself breaks ties ("1" and "01"), so the order never depends on set iteration.
+    """
+    try:
+        return (0, int(label), label)
+    except ValueError:  # not an integer ("pos", "²"), or one past Python's 4300-digit limit
+        return (1, 0, label)
 
 
 def _write_split(path: Path, examples: Examples, labels: list[str]) -> None:

@@ -1,63 +1,160 @@
 """Run stages inside MLflow runs: one run per stage, nested under one parent for `pipeline run`.
 
 This is where a stage's result becomes params, metrics, tags and artifacts; the stages
-themselves only read and write files.
+themselves only read and write files. It is also where finished outputs are reused: a stage
+whose output for this config's key exists is not run again, and its MLflow run says so
+(`cache_hit=true`) and links to the run that made the output. An interrupted training is
+resumed into the run it was logging to.
 """
 
 from __future__ import annotations
 
 import logging
+import subprocess
 import tempfile
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import keras
 import tensorflow as tf
 
+from pipeline import cache, evaluate, export, models, prepare, tokenize, tracking, train
 from pipeline import config as config_lib
-from pipeline import evaluate, export, models, prepare, tokenize, tracking, train
 from pipeline.config import Config
-from pipeline.workdir import STAGES, stage_dir
+from pipeline.workdir import STAGES, is_finished, producer, stage_dir
 
 log = logging.getLogger(__name__)
 MODULES = {"prepare": prepare, "tokenize": tokenize, "train": train, "evaluate": evaluate, "export": export}
 
 
-def run_stage(stage: str, config: Config, workdir: str | Path) -> Any:
-    """Run one stage in its own MLflow run (nested when a parent run is active)."""
-    with tracking.start_run(stage, tags={**run_tags(config), "stage": stage}):
-        log_config(config)
-        log.info("== %s", stage)
+def run_stage(stage: str, config: Config, workdir: str | Path, force: bool = False) -> Any:
+    """Run one stage in its own MLflow run (nested when a parent run is active).
+
+    A finished output for this config is reused unless `force`; an interrupted training is
+    resumed into its MLflow run, unless `force` throws its checkpoints away.
+    """
+    output = finished_output(stage, config, workdir)
+    if output is not None and not force:
+        return _reuse(stage, config, workdir, output)
+    resume_id = None
+    if stage == "train":
+        resumed = train.resumable_run(config, workdir)
+        if resumed and force:
+            train.discard_checkpoints(config, workdir)
+        elif resumed and tracking.run_exists(resumed.run.get("run_id", "")):
+            resume_id = resumed.run["run_id"]
+    if not tracking.active():  # a stage run on its own; `run_all` does this for the whole run
+        tracking.settle_stale_runs(config_lib.fingerprint(config), keep={resume_id})
+    with tracking.start_run(stage, tags=_stage_tags(stage, config), run_id=resume_id):
+        if resume_id is None:
+            log_config(config)
+        log.info("== %s: %s (key %s)", stage, "resuming" if resume_id else "running", cache.stage_keys(config)[stage])
         result = MODULES[stage].run(config, workdir)
         _log_outputs(stage, config, Path(workdir), result)
     return result
 
 
-def run_all(config: Config, workdir: str | Path) -> dict[str, Any]:
-    """Run every stage in order under one parent run; the test metrics land on the parent too."""
-    results = {}
+def run_all(config: Config, workdir: str | Path, force: str | None = None) -> dict[str, Any]:
+    """Run every stage in order under one parent run; the test metrics land on the parent too.
+
+    `force` names the first stage to re-run even if its output exists (every later stage is
+    re-run too). A training killed earlier is resumed, in its original parent run.
+    """
+    first_forced = STAGES.index(force) if force else len(STAGES)
     fingerprint = config_lib.fingerprint(config)
+    resumed = train.resumable_run(config, workdir) if first_forced > STAGES.index("train") else None
+    parent_id = resumed.run.get("parent_run_id") if resumed else None
+    if parent_id and not tracking.run_exists(parent_id):
+        parent_id = None
+    tracking.settle_stale_runs(fingerprint, keep={parent_id, resumed.run.get("run_id") if resumed else None})
+    results = {}
     name = f"{config_lib.run_name(config)}-{fingerprint}"
-    with tracking.start_run(name, tags={**run_tags(config), "config_fingerprint": fingerprint}):
-        log_config(config)
-        for stage in STAGES:
-            results[stage] = run_stage(stage, config, workdir)
+    with tracking.start_run(name, tags=run_tags(config), run_id=parent_id):
+        if parent_id is None:
+            log_config(config)
+        else:
+            log.info("resuming MLflow run %s", parent_id)
+        for index, stage in enumerate(STAGES):
+            results[stage] = run_stage(stage, config, workdir, force=index >= first_forced)
         # What the UI's run table should show without opening the child runs.
         tracking.log_metrics(results["evaluate"].metrics)
         tracking.set_tags({"export_path": results["export"].path, "lstm_kernel": results["train"].lstm_kernel})
     return results
 
 
+def finished_output(stage: str, config: Config, workdir: str | Path) -> Path | None:
+    """The finished output of `stage` for this config, if one exists."""
+    if stage == "export":
+        return export.find(config)
+    path = stage_dir(config, workdir, stage)
+    return path if is_finished(path) else None
+
+
+def _reuse(stage: str, config: Config, workdir: str | Path, output: Path) -> Any:
+    """Read a finished stage's result, and record the reuse in a `cache_hit` run."""
+    made_by = producer(output)
+    result = MODULES[stage].load(config, workdir)
+    parent = tracking.run_reference().get("run_id")
+    if parent and made_by.get("parent_run_id") == parent:
+        # A resumed parent run already holds the run that made this output.
+        log.info("== %s: done earlier in this run (%s)", stage, output)
+        return result
+    tags = {**_stage_tags(stage, config), "cache_hit": "true", "cache_source_run_id": made_by.get("run_id", "")}
+    with tracking.start_run(stage, tags=tags):
+        log_config(config)
+        tracking.note_reuse(output, made_by)
+        _log_outputs(stage, config, Path(workdir), result, artifacts=False)
+    source = made_by.get("run_id") or "an untracked run"
+    log.info("== %s: cached, reusing %s (made by run %s)", stage, output, source)
+    return result
+
+
 def run_tags(config: Config) -> dict[str, str]:
-    """Tags that let the MLflow UI filter and group runs."""
+    """Tags that let the MLflow UI filter and group runs, and tell where a run came from."""
     return {
         "task": config.task,
         "dataset": config.data.tfds or Path(config.data.train or "").name,
         "preset": config.name,
+        "config_fingerprint": config_lib.fingerprint(config),
+        "device": "gpu" if models.gpu_visible() else "cpu",
+        **versions(),
+        **tracking.process_tags(),
+    }
+
+
+def _stage_tags(stage: str, config: Config) -> dict[str, str]:
+    return {**run_tags(config), "stage": stage, "stage_key": cache.stage_keys(config)[stage]}
+
+
+@lru_cache(maxsize=1)
+def versions() -> dict[str, str]:
+    """TensorFlow, Keras, CUDA and cuDNN versions ("none" on a CPU-only build), the pipeline's
+    code version, and the project's git commit when it runs from a git checkout."""
+    build = tf.sysconfig.get_build_info()
+    tags = {
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
-        "device": "gpu" if models.gpu_visible() else "cpu",
+        "cuda_version": str(build.get("cuda_version") or "none"),
+        "cudnn_version": str(build.get("cudnn_version") or "none"),
+        "pipeline_version": cache.code_version(),
     }
+    commit = _git_commit(Path(__file__).resolve().parent.parent)
+    if commit:
+        tags["git_commit"] = commit
+    return tags
+
+
+def _git_commit(directory: Path) -> str | None:
+    """`HEAD` of the git checkout holding `directory`, with `-dirty` for uncommitted changes."""
+    try:
+        head = subprocess.run(["git", "-C", str(directory), "rev-parse", "HEAD"],
+                              capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(directory), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{head}-dirty" if dirty else head
 
 
 def log_config(config: Config) -> None:
@@ -69,27 +166,31 @@ def log_config(config: Config) -> None:
         tracking.log_artifact(path)
 
 
-def _log_outputs(stage: str, config: Config, workdir: Path, result: Any) -> None:
-    out = stage_dir(workdir, stage)
+def _log_outputs(stage: str, config: Config, workdir: Path, result: Any, artifacts: bool = True) -> None:
+    """Log a stage's result as metrics and tags, and its files as artifacts unless `artifacts` is false
+    (a reused output's files are already in the run that made it)."""
+    out = finished_output(stage, config, workdir)
+    files: list[tuple[Path, str]] = []
     if stage == "prepare":
         counts = {f"{k}_examples": v for k, v in result.counts.items()}
         tracking.log_metrics({**counts, "skipped_blank": result.skipped_blank})
-        for name in ("stats.json", "labels.json"):
-            tracking.log_artifact(out / name, "prepare")
+        files = [(out / name, "prepare") for name in ("stats.json", "labels.json")]
     elif stage == "tokenize":
         splits = [s for s in ("train", "validation", "test") if s in result.stats]
         tracking.log_metrics({"vocab_size": result.vocab_size,
                               **{f"{s}_truncated": result.stats[s]["truncated"] for s in splits},
                               **{f"{s}_tokens": result.stats[s]["tokens"] for s in splits}})
-        for name in ("tokenizer.model", "tokenizer.vocab", "stats.json"):
-            tracking.log_artifact(out / name, "tokenizer")
+        files = [(out / name, "tokenizer") for name in ("tokenizer.model", "tokenizer.vocab", "stats.json")]
     elif stage == "train":
         tracking.log_metrics({"epochs_run": result.epochs_run, "best_epoch": result.best_epoch})
-        for name in ("history.csv", "summary.json"):
-            tracking.log_artifact(out / name, "train")
+        tracking.set_tags({"lstm_kernel": result.lstm_kernel})
+        files = [(out / name, "train") for name in ("history.csv", "summary.json")]
     elif stage == "evaluate":
         tracking.log_metrics(result.metrics)
-        tracking.log_artifact(out, "evaluate")
+        files = [(out, "evaluate")]
     elif stage == "export":
-        tracking.log_artifact(result.path, "saved_model")
         tracking.set_tags({"export_path": result.path})
+        files = [(result.path, "saved_model")]
+    if artifacts:
+        for path, folder in files:
+            tracking.log_artifact(path, folder)

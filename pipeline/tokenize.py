@@ -22,7 +22,7 @@ import numpy as np
 from pipeline import tokenizer
 from pipeline.config import Config
 from pipeline.prepare import SPLITS, read_examples
-from pipeline.workdir import atomic_output, require_stage, stage_dir
+from pipeline.workdir import require_stage, stage_dir, stage_output
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class TokenizeResult:
 
 def run(config: Config, workdir: str | Path) -> TokenizeResult:
     """Train the tokenizer on `prepare/train.jsonl` and write the encoded splits."""
-    prepared = require_stage(workdir, "prepare", needed_by="tokenize")
+    prepared = require_stage(config, workdir, "prepare", needed_by="tokenize")
     splits = {name: read_examples(prepared / f"{name}.jsonl") for name in SPLITS
               if (prepared / f"{name}.jsonl").is_file()}
     model = tokenizer.train_sentencepiece(
@@ -53,13 +53,20 @@ def run(config: Config, workdir: str | Path) -> TokenizeResult:
     # A language model reads a stream and is cut into windows later; only a classifier truncates.
     max_length = config.train.max_length if config.task == "sentiment" else None
     stats: dict = {"vocab_size": sp.get_piece_size()}
-    with atomic_output(stage_dir(workdir, "tokenize")) as out:
+    with stage_output(config, workdir, "tokenize") as out:
         tokenizer.save(model, out)
         for name, (texts, labels) in splits.items():
             stats[name] = _encode_split(sp, texts, labels, max_length, out / f"{name}.npz")
         (out / "stats.json").write_text(json.dumps(stats, indent=2), encoding="utf-8")
     log.info("tokenizer: %d pieces; train %s tokens", stats["vocab_size"], stats["train"]["tokens"])
-    return TokenizeResult(stage_dir(workdir, "tokenize"), stats["vocab_size"], stats)
+    return TokenizeResult(stage_dir(config, workdir, "tokenize"), stats["vocab_size"], stats)
+
+
+def load(config: Config, workdir: str | Path) -> TokenizeResult:
+    """The result of a finished tokenize stage, read back from its `stats.json`."""
+    out = require_stage(config, workdir, "tokenize", needed_by="pipeline run")
+    stats = json.loads((out / "stats.json").read_text(encoding="utf-8"))
+    return TokenizeResult(out, stats["vocab_size"], stats)
 
 
 def load_split(directory: Path, name: str) -> dict[str, np.ndarray]:

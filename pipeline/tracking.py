@@ -11,14 +11,17 @@ import contextlib
 import logging
 import math
 import os
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.entities import Metric, RunStatus
 from mlflow.keras import MlflowCallback
 
-from pipeline.errors import TrackingError
+from pipeline.errors import Interrupted, TrackingError
 
 log = logging.getLogger(__name__)
 DEFAULT_EXPERIMENT = "pipeline"
@@ -61,11 +64,91 @@ def check_reachable(tracking_uri: str, timeout: float = 3.0) -> None:
 
 
 @contextlib.contextmanager
-def start_run(name: str, tags: dict[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
-    """A run nested under the active one, if any; marked FAILED if the body raises."""
+def start_run(name: str, tags: dict[str, str] | None = None, run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
+    """A run nested under the active one, if any; `run_id` resumes an existing run instead.
+
+    The run ends FINISHED when the body returns, KILLED when the process is interrupted
+    (Ctrl-C, SIGTERM) and FAILED on any error, with the error's text in the `error` tag.
+    """
     nested = mlflow.active_run() is not None
-    with mlflow.start_run(run_name=name, nested=nested, tags=tags or {}) as run:
+    run = mlflow.start_run(run_id=run_id, run_name=None if run_id else name, nested=nested, tags=tags or {})
+    try:
         yield run
+    except (KeyboardInterrupt, Interrupted):
+        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+        raise
+    except BaseException as error:
+        text = str(error) or type(error).__name__
+        mlflow.set_tag("error", f"{type(error).__name__}: {text}"[:5000])
+        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        raise
+    mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+
+
+def run_reference() -> dict[str, str]:
+    """Ids of the active run, its experiment and its parent, to find and link it later."""
+    run = mlflow.active_run()
+    if run is None:
+        return {}
+    ref = {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id}
+    parent = run.data.tags.get("mlflow.parentRunId")
+    if parent:
+        ref["parent_run_id"] = parent
+    return ref
+
+
+def process_tags() -> dict[str, str]:
+    """Which process owns a run: how a later process tells a live run from one left by a crash."""
+    return {"pipeline.host": socket.gethostname(), "pipeline.pid": str(os.getpid())}
+
+
+def settle_stale_runs(config_fingerprint: str, keep: set[str]) -> list[str]:
+    """Mark KILLED the runs of this config that a crashed process left RUNNING; return their ids.
+
+    Runs in `keep` (the ones about to be resumed) are left alone. A run whose process is still
+    alive on this host means the same config is running now, which is an error: both would
+    write the same work folders.
+    """
+    found = mlflow.search_runs(
+        filter_string=f"tags.config_fingerprint = '{config_fingerprint}' and attributes.status = 'RUNNING'",
+        output_format="list", search_all_experiments=True)
+    settled = []
+    for run in found:
+        if run.info.run_id in keep:
+            continue
+        tags = run.data.tags
+        pid = int(tags.get("pipeline.pid", "0") or 0)
+        if tags.get("pipeline.host") == socket.gethostname() and pid != os.getpid() and _is_pipeline_process(pid):
+            raise TrackingError(
+                f"run {run.info.run_id} of this config is still running (pid {pid}); wait for it to end, "
+                f"or stop it (kill {pid}) and run again to resume it")
+        mlflow.MlflowClient().set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+        settled.append(run.info.run_id)
+    if settled:
+        log.info("marked %d run(s) left RUNNING by a stopped process as KILLED", len(settled))
+    return settled
+
+
+def _is_pipeline_process(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        try:
+            os.kill(pid, 0)  # no /proc: all we can tell is whether the pid exists
+        except OSError:
+            return False
+        return True
+    return b"pipeline" in cmdline
+
+
+def run_exists(run_id: str) -> bool:
+    """Whether `run_id` is a live (not deleted) run in the current tracking store."""
+    try:
+        return mlflow.MlflowClient().get_run(run_id).info.lifecycle_stage == "active"
+    except mlflow.exceptions.MlflowException:
+        return False
 
 
 def active() -> bool:
@@ -95,6 +178,13 @@ def set_tags(tags: dict[str, Any]) -> None:
         mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
 
+def note_reuse(output: Path, made_by: dict[str, str]) -> None:
+    """Describe a cache-hit run in its MLflow note, linking the run that made the output."""
+    run_id, experiment = made_by.get("run_id"), made_by.get("experiment_id")
+    source = f"[run {run_id}](#/experiments/{experiment}/runs/{run_id})" if run_id else "a run without tracking"
+    set_tags({"mlflow.note.content": f"Cached: this stage's output `{output}` was reused; {source} made it."})
+
+
 def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
     """Log a file, or every file below a folder."""
     if not active():
@@ -114,6 +204,27 @@ def log_text(text: str, artifact_file: str) -> None:
         mlflow.log_text(text, artifact_file)
 
 
+def log_epoch_history(history: dict[str, list[float]]) -> None:
+    """Log per-epoch metrics at `step=epoch`, skipping (metric, step) pairs the run already has.
+
+    A resumed training calls this with the epochs of its checkpoint: a process killed between
+    writing a checkpoint and logging its metrics loses no epoch, and none is logged twice.
+    """
+    run = mlflow.active_run()
+    if run is None:
+        return
+    client = mlflow.MlflowClient()
+    run_id = run.info.run_id
+    now = int(time.time() * 1000)
+    missing = []
+    for key, values in history.items():
+        logged = {m.step for m in client.get_metric_history(run_id, key)}
+        missing += [Metric(key, float(v), now, step) for step, v in enumerate(values)
+                    if step not in logged and math.isfinite(float(v))]
+    for start in range(0, len(missing), 1000):
+        client.log_batch(run_id, metrics=missing[start:start + 1000])
+
+
 class EpochMetricsCallback(MlflowCallback):
     """MLflow's Keras callback, logging train and validation metrics with `step=epoch`.
 
@@ -123,6 +234,11 @@ class EpochMetricsCallback(MlflowCallback):
 
     def on_test_end(self, logs=None):
         pass
+
+    def on_epoch_end(self, epoch, logs=None):
+        # Synchronous, so that a step is in MLflow before the next epoch starts.
+        if logs and active():
+            mlflow.log_metrics({k: float(v) for k, v in logs.items()}, step=epoch, synchronous=True)
 
     def on_train_end(self, logs=None):
         if active():

@@ -1,18 +1,25 @@
 """Stage 3, train: fit the task's LSTM on the encoded splits with `model.fit`.
 
-Reads `<workdir>/tokenize/` (token arrays, `tokenizer.model`) and `<workdir>/prepare/labels.json`.
-Writes to `<workdir>/train/`:
+Reads the tokenize stage's token arrays and `tokenizer.model`, and prepare's `labels.json`.
+Writes to its own folder, `<workdir>/train/<key>/`:
   - `model.keras`: the model with the best validation weights (early stopping restores them);
-  - `history.csv`: per-epoch metrics, from Keras's `CSVLogger`;
-  - `summary.json`: epochs run, best epoch, padding fraction, the cuDNN report.
+  - `history.csv`: per-epoch metrics of every epoch, resumed ones included;
+  - `summary.json`: epochs run, best epoch, padding fraction, the cuDNN report;
+  - `samples/` (language models): text generated after each epoch.
 Per-epoch train and validation metrics go to MLflow with `step=epoch`.
+
+Training survives being killed: after every epoch a checkpoint (see `pipeline.checkpoints`)
+lands in `<workdir>/train/<key>.partial/`, and the same command later continues from the last
+finished epoch, in the same MLflow run.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import math
+import shutil
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,10 +28,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline import data, models, tracking
+from pipeline import checkpoints, data, models, tracking
 from pipeline.config import Config
+from pipeline.errors import TrainingError
 from pipeline.tokenize import load_split
-from pipeline.workdir import atomic_output, require_stage, stage_dir
+from pipeline.workdir import require_stage, stage_dir, stage_output
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +49,13 @@ class TrainResult:
 
 
 def run(config: Config, workdir: str | Path) -> TrainResult:
-    """Train the configured model and write the best one to `<workdir>/train/model.keras`."""
-    tokenized = require_stage(workdir, "tokenize", needed_by="train")
+    """Train the configured model (or resume its training) and write the best one to `model.keras`."""
+    tokenized = require_stage(config, workdir, "tokenize", needed_by="train")
+    prepared = require_stage(config, workdir, "prepare", needed_by="train")
     setup_runtime(config)
     vocab_size = json.loads((tokenized / "stats.json").read_text())["vocab_size"]
-    train_ds, val_ds, extra = _datasets(config, workdir, tokenized)
-    num_classes = len(extra.get("labels", []))
-    model = models.build_model(config, vocab_size, num_classes)
+    train_ds, val_ds, extra = _datasets(config, tokenized, prepared)
+    model = models.build_model(config, vocab_size, len(extra.get("labels", [])))
     model.compile(
         optimizer=keras.optimizers.Adam(config.train.learning_rate, clipnorm=1.0),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=config.task == "lm"),
@@ -55,17 +63,61 @@ def run(config: Config, workdir: str | Path) -> TrainResult:
     )
     kernel = _report_kernels(model)
     tracking.log_metrics({k: v for k, v in extra.items() if k == "padding_fraction"})
-    with atomic_output(stage_dir(workdir, "train")) as out:
-        history = model.fit(
-            train_ds, validation_data=val_ds, epochs=config.train.epochs,
-            callbacks=_callbacks(config, out, extra), verbose=2 if _quiet() else 1, shuffle=False,
-        )
+
+    store = checkpoints.Store(partial_dir(config, workdir))
+    resumed = store.latest()
+    early_stopping = checkpoints.ResumableEarlyStopping(
+        resumed, monitor="val_loss", patience=config.train.patience, restore_best_weights=True)
+    if resumed:
+        resumed.restore(model)
+        data.skip_epochs(train_ds, resumed.epoch)  # the shuffle order carries on where it stopped
+        tracking.log_epoch_history(resumed.history)  # epochs the killed process had no time to log
+        log.info("resuming training after epoch %d of %d from %s", resumed.epoch, config.train.epochs, resumed.path)
+    # A checkpoint taken as early stopping fired has no epochs left; fit then only restores the best weights.
+    epochs = resumed.epoch if resumed and resumed.stopped_early else config.train.epochs
+    history = model.fit(
+        train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=resumed.epoch if resumed else 0,
+        callbacks=_callbacks(config, store, early_stopping, extra), verbose=2 if _quiet() else 1, shuffle=False,
+    )
+    history = checkpoints.join_history(resumed.history if resumed else {}, history.history)
+    _check_finite(history, config)
+
+    final = stage_dir(config, workdir, "train")
+    result = _summarise(history, final / "model.keras", kernel)
+    with stage_output(config, workdir, "train") as out:
         model.save(out / "model.keras")
-        result = _summarise(history.history, stage_dir(workdir, "train") / "model.keras", kernel)
+        write_history(history, out / "history.csv")
+        if (store.root / "samples").is_dir():
+            shutil.copytree(store.root / "samples", out / "samples")
         summary = {**asdict(result), "model_path": "model.keras", "padding_fraction": extra.get("padding_fraction")}
         (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    store.remove()
     log.info("trained %d epochs; best epoch %d: %s", result.epochs_run, result.best_epoch, result.best_metrics)
     return result
+
+
+def load(config: Config, workdir: str | Path) -> TrainResult:
+    """The result of a finished train stage, read back from its `summary.json`."""
+    out = require_stage(config, workdir, "train", needed_by="pipeline run")
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    return TrainResult(out / "model.keras", summary["epochs_run"], summary["best_epoch"],
+                       summary["best_metrics"], summary["lstm_kernel"])
+
+
+def partial_dir(config: Config, workdir: str | Path) -> Path:
+    """Where an unfinished training keeps its per-epoch checkpoints."""
+    final = stage_dir(config, workdir, "train")
+    return final.with_name(f"{final.name}.partial")
+
+
+def resumable_run(config: Config, workdir: str | Path) -> checkpoints.Checkpoint | None:
+    """The last checkpoint of an interrupted training of this config, if there is one."""
+    return checkpoints.Store(partial_dir(config, workdir)).latest()
+
+
+def discard_checkpoints(config: Config, workdir: str | Path) -> None:
+    """Delete an interrupted training's checkpoints, so the next training starts from scratch."""
+    checkpoints.Store(partial_dir(config, workdir)).remove()
 
 
 def setup_runtime(config: Config) -> None:
@@ -78,7 +130,7 @@ def setup_runtime(config: Config) -> None:
     keras.mixed_precision.set_global_policy("mixed_float16" if use_mixed else "float32")
 
 
-def _datasets(config: Config, workdir: Path, tokenized: Path):
+def _datasets(config: Config, tokenized: Path, prepared: Path):
     t = config.train
     train, val = load_split(tokenized, "train"), load_split(tokenized, "validation")
     if config.task == "lm":
@@ -87,7 +139,7 @@ def _datasets(config: Config, workdir: Path, tokenized: Path):
         return (data.lm_dataset(train["ids"], t.sequence_length, t.batch_size, shuffle=True, seed=t.seed),
                 data.lm_dataset(val["ids"], t.sequence_length, t.batch_size, shuffle=False), extra)
     boundaries = data.bucket_boundaries(train["lengths"], t.buckets)
-    labels = json.loads((Path(workdir) / "prepare" / "labels.json").read_text(encoding="utf-8"))
+    labels = json.loads((prepared / "labels.json").read_text(encoding="utf-8"))
     train_ds = data.classification_dataset(train, t.batch_size, boundaries=boundaries, shuffle=True, seed=t.seed)
     val_ds = data.classification_dataset(val, t.batch_size, boundaries=boundaries, shuffle=False)
     extra = {"labels": labels, "boundaries": boundaries, "padding_fraction": data.padding_fraction(train_ds)}
@@ -95,15 +147,14 @@ def _datasets(config: Config, workdir: Path, tokenized: Path):
     return train_ds, val_ds, extra
 
 
-def _callbacks(config: Config, out: Path, extra: dict) -> list[keras.callbacks.Callback]:
-    callbacks = [
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.train.patience, restore_best_weights=True),
-        keras.callbacks.CSVLogger(str(out / "history.csv")),
-        keras.callbacks.TerminateOnNaN(),
-    ]
+def _callbacks(config: Config, store: checkpoints.Store, early_stopping: keras.callbacks.EarlyStopping,
+               extra: dict) -> list[keras.callbacks.Callback]:
+    # Order matters: the checkpoint sees early stopping's state for the epoch, and metrics reach
+    # MLflow only after the checkpoint is on disk, so a resumed run never logs an epoch twice.
+    callbacks = [early_stopping, checkpoints.EpochCheckpoint(store, early_stopping), keras.callbacks.TerminateOnNaN()]
     if config.task == "lm":
         callbacks.insert(0, BitsPerCharacter(extra["validation_tokens"], extra["validation_characters"]))
-        callbacks.append(SampleText(extra["tokenizer"], out / "samples", config.train.sample_prompt,
+        callbacks.append(SampleText(extra["tokenizer"], store.root / "samples", config.train.sample_prompt,
                                     config.train.sample_tokens, seed=config.train.seed))
     if tracking.active():
         callbacks.append(tracking.EpochMetricsCallback())
@@ -169,6 +220,26 @@ def _report_kernels(model: keras.Model) -> str:
             log.warning("%s cannot use the cuDNN kernel (%s): on a GPU it runs several times slower", r.layer, r.reason)
     log.info("LSTM kernel: %s (%s)", kernel, "GPU visible" if gpu else "no GPU visible")
     return kernel
+
+
+def _check_finite(history: dict[str, list[float]], config: Config) -> None:
+    """A NaN or infinite loss ends the stage with a clear error (Keras only stops training)."""
+    bad = [epoch for epoch, loss in enumerate(history["loss"]) if not math.isfinite(loss)]
+    if bad:
+        raise TrainingError(
+            f"the training loss became {history['loss'][bad[0]]} in epoch {bad[0]}; training stopped. "
+            f"Lower train.learning_rate (now {config.train.learning_rate}) or check the data"
+        )
+
+
+def write_history(history: dict[str, list[float]], path: Path) -> None:
+    """Per-epoch metrics as CSV, `epoch` first, as Keras's CSVLogger writes them."""
+    names = sorted(history)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["epoch", *names])
+        for epoch in range(len(history["loss"])):
+            writer.writerow([epoch, *(history[name][epoch] for name in names)])
 
 
 def _summarise(history: dict[str, list[float]], model_path: Path, kernel: str) -> TrainResult:

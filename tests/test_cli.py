@@ -172,7 +172,7 @@ def test_bad_input_is_one_line_and_nonzero(sentiment_files, tmp_path, make_args,
     assert result.exit_code == 1
     assert result.output.strip().splitlines()[-1] == f"Error: {message}" or message in result.output
     assert "Traceback" not in result.output
-    assert not (tmp_path / "work" / "prepare").exists()
+    assert not list((tmp_path / "work").rglob("DONE"))
 
 
 def test_unreachable_tracking_server_fails_fast_before_any_work(sentiment_files, tmp_path):
@@ -191,4 +191,4 @@ def test_unreachable_tracking_server_fails_fast_before_any_work(sentiment_files,
 def test_stage_out_of_order_says_what_to_run(tmp_path):
     result = CliRunner().invoke(main, ["train", "--workdir", str(tmp_path / "empty")])
     assert result.exit_code == 1
-    assert "run `pipeline tokenize` (or `pipeline run`) with the same --workdir first" in result.output
+    assert "run `pipeline tokenize` (or `pipeline run`) with the same --config, --set and --workdir first" in result.output

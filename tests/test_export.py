@@ -10,6 +10,7 @@ import pytest
 
 from pipeline import export, predict, prepare, tokenize, tokenizer, train
 from pipeline.errors import ExportError
+from pipeline.workdir import stage_dir
 
 TEXTS = ["a great and moving film", "", "caf\u00e9 na\u00efve \u65e5\u672c\u8a9e \U0001f600", "a bad , dull film",
          "great " * 40]
@@ -32,10 +33,10 @@ def exported(tmp_path_factory):
 
 
 def _keras_probabilities(config, work, texts):
-    sp = tokenizer.load(work / "tokenize" / "tokenizer.model")
+    sp = tokenizer.load(stage_dir(config, work, "tokenize") / "tokenizer.model")
     ids = tokenizer.encode(sp, texts, max_length=config.train.max_length)
     padded = keras.utils.pad_sequences(ids, padding="post", value=0)
-    model = keras.saving.load_model(work / "train" / "model.keras")
+    model = keras.saving.load_model(stage_dir(config, work, "train") / "model.keras")
     return model.predict(padded, verbose=0)
 
 

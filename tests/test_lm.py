@@ -17,6 +17,7 @@ from pipeline import evaluate, generation, models, prepare, tokenize, tokenizer
 from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.errors import DataError
+from pipeline.workdir import stage_dir
 
 from .conftest import PRESETS_DIR, lm_overrides, write_corpus
 
@@ -27,7 +28,7 @@ def test_carved_splits_are_contiguous_tail_chunks(tmp_path):
     corpus = write_corpus(tmp_path / "corpus.txt")
     config = load_config(None, lm_overrides(corpus, tmp_path))
     prepare.run(config, tmp_path / "work")
-    parts = [prepare.read_examples(tmp_path / "work" / "prepare" / f"{s}.jsonl")[0][0]
+    parts = [prepare.read_examples(stage_dir(config, tmp_path / "work", "prepare") / f"{s}.jsonl")[0][0]
              for s in ("train", "validation", "test")]
     assert "\n".join([corpus.read_text()]) == "".join(parts)
     assert abs(len(parts[2]) - 0.1 * len(corpus.read_text())) <= 1
@@ -38,7 +39,7 @@ def test_tokenizer_is_lossless_for_language_models(tmp_path):
     config = load_config(None, lm_overrides(corpus, tmp_path))
     prepare.run(config, tmp_path / "work")
     tokenize.run(config, tmp_path / "work")
-    sp = tokenizer.load(tmp_path / "work" / "tokenize" / "tokenizer.model")
+    sp = tokenizer.load(stage_dir(config, tmp_path / "work", "tokenize") / "tokenizer.model")
     text = "ROMEO:\nthe  night.\n\n  sweet day.\n"
     assert sp.decode(sp.encode(text)) == text
 
@@ -80,7 +81,7 @@ def test_text_shorter_than_a_window_is_a_clear_error(tmp_path):
     tokenize.run(config, tmp_path / "work")
     with pytest.raises(DataError, match="fewer than one window of train.sequence_length"):
         train.run(config, tmp_path / "work")
-    assert not (tmp_path / "work" / "train").exists()
+    assert not stage_dir(config, tmp_path / "work", "train").exists()
 
 
 @pytest.fixture(scope="module")
@@ -118,8 +119,9 @@ def test_lm_run_logs_bits_per_char_and_samples(lm_run):
 def test_export_generates_the_same_text_in_a_fresh_process(lm_run):
     root, _, _ = lm_run
     work, export_dir = root / "work", root / "models" / "tinylm-lstm-2x16" / "1"
-    sp = tokenizer.load(work / "tokenize" / "tokenizer.model")
-    model = keras.saving.load_model(work / "train" / "model.keras")
+    config = load_config(None, lm_overrides(root / "corpus.txt", root))
+    sp = tokenizer.load(stage_dir(config, work, "tokenize") / "tokenizer.model")
+    model = keras.saving.load_model(stage_dir(config, work, "train") / "model.keras")
     generator = generation.Generator(generation.build_decoder(model))
     expected = generation.generate_text(generator, sp, ["ROMEO:", ""], max_tokens=15, temperature=0.9, top_k=5, seed=4)
     script = (
@@ -171,5 +173,5 @@ def test_real_tfds_builder_prepares_offline_from_the_placed_file(tmp_path):
     config = load_config(PRESETS_DIR / "shakespeare.yaml",
                          [f"data.manual_dir={SHAKESPEARE.parent}", f"data.tfds_data_dir={tmp_path / 'tfds'}"])
     prepare.run(config, tmp_path / "work")
-    stats = json.loads((tmp_path / "work" / "prepare" / "stats.json").read_text())
+    stats = json.loads((stage_dir(config, tmp_path / "work", "prepare") / "stats.json").read_text())
     assert [stats[s]["characters"] for s in ("train", "validation", "test")] == [1003854, 55770, 55770]

@@ -5,13 +5,14 @@ import pytest
 from pipeline import prepare
 from pipeline.config import load_config
 from pipeline.errors import DataError
+from pipeline.workdir import stage_dir
 
 from .conftest import tiny_overrides
 
 
 def test_prepare_writes_splits_labels_and_stats(tiny_config, tmp_path):
     result = prepare.run(tiny_config, tmp_path / "work")
-    out = tmp_path / "work" / "prepare"
+    out = stage_dir(tiny_config, tmp_path / "work", "prepare")
     assert result.counts == {"train": 64, "validation": 20, "test": 16}
     assert json.loads((out / "labels.json").read_text()) == ["0", "1"]
     stats = json.loads((out / "stats.json").read_text())
@@ -25,7 +26,8 @@ def test_prepare_writes_splits_labels_and_stats(tiny_config, tmp_path):
 def test_carving_is_deterministic_for_a_seed(tiny_config, tmp_path):
     prepare.run(tiny_config, tmp_path / "a")
     prepare.run(tiny_config, tmp_path / "b")
-    assert (tmp_path / "a/prepare/test.jsonl").read_text() == (tmp_path / "b/prepare/test.jsonl").read_text()
+    a, b = (stage_dir(tiny_config, tmp_path / name, "prepare") / "test.jsonl" for name in "ab")
+    assert a.read_text() == b.read_text()
 
 
 def test_multiclass_string_labels(tmp_path):
@@ -51,13 +53,16 @@ def test_unseen_label_in_validation_fails_and_writes_nothing(sentiment_files, tm
     config = load_config(None, tiny_overrides(sentiment_files, tmp_path))
     with pytest.raises(DataError, match=r"dev\.txt: split validation has labels the training split never saw: 7"):
         prepare.run(config, tmp_path / "work")
-    assert not (tmp_path / "work" / "prepare").exists()
-    assert not list((tmp_path / "work").glob(".prepare*"))
+    assert not stage_dir(config, tmp_path / "work", "prepare").exists()
+    assert not list((tmp_path / "work").rglob("*.tmp-*"))
 
 
 def test_a_failed_rerun_keeps_the_previous_output(tiny_config, sentiment_files, tmp_path):
     prepare.run(tiny_config, tmp_path / "work")
+    before = stage_dir(tiny_config, tmp_path / "work", "prepare")
     sentiment_files["train"].write_bytes(b"1 ok\n0 caf\xe9\n")
     with pytest.raises(DataError, match=r"train\.txt:2: bytes not valid"):
         prepare.run(tiny_config, tmp_path / "work")
-    assert (tmp_path / "work" / "prepare" / "DONE").is_file()
+    # New content, new key: nothing was written for it, and the earlier output is untouched.
+    assert not stage_dir(tiny_config, tmp_path / "work", "prepare").exists()
+    assert (before / "DONE").is_file()

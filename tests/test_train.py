@@ -8,6 +8,7 @@ import pytest
 
 from pipeline import models, prepare, tokenize, tracking, train
 from pipeline.config import load_config
+from pipeline.workdir import stage_dir
 
 from .conftest import tiny_overrides
 
@@ -41,7 +42,7 @@ def test_mixed_precision_auto_is_float32_without_a_gpu(float32_afterwards):
 def test_training_writes_model_history_and_kernel_report(tiny_config, tmp_path):
     for stage in (prepare, tokenize, train):
         stage.run(tiny_config, tmp_path / "work")
-    out = tmp_path / "work" / "train"
+    out = stage_dir(tiny_config, tmp_path / "work", "train")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["epochs_run"] == 2 and summary["lstm_kernel"] in ("cudnn", "generic")
     assert 0 <= summary["padding_fraction"] < 1
