@@ -70,10 +70,6 @@ def _errors_as_one_line():
         sys.exit(stop.exit_code)
 
 
-def _raise_interrupted(signum, frame):
-    raise Interrupted(signum)
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Show TensorFlow's own log lines too.")
 def main(verbose: bool) -> None:
@@ -83,8 +79,9 @@ def main(verbose: bool) -> None:
     Run all stages with `pipeline run --config configs/sst2_local.yaml`, or one at a time.
     """
     # Ctrl-C and SIGTERM unwind the stack like an exception, so runs are marked KILLED on the way.
-    signal.signal(signal.SIGINT, _raise_interrupted)
-    signal.signal(signal.SIGTERM, _raise_interrupted)
+    from pipeline import signals
+
+    signals.install()
     if not verbose:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)

@@ -33,6 +33,11 @@ _YAML12Loader.yaml_implicit_resolvers = {
 _YAML12Loader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
 )
+# YAML 1.2 floats include `1e-3` (no dot), which YAML 1.1 reads as a string.
+_YAML12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
 
 
 def _load_yaml(text: str) -> Any:

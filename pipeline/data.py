@@ -32,6 +32,7 @@ def classification_dataset(
     boundaries: list[int],
     shuffle: bool,
     seed: int = 0,
+    epochs: range = range(1),
 ) -> tf.data.Dataset:
     """Batches of `(ids [batch, time], labels [batch])`, bucketed by length and right-padded.
 
@@ -39,25 +40,43 @@ def classification_dataset(
         arrays: `ids`, `lengths`, `labels` as written by the tokenize stage.
         boundaries: from `bucket_boundaries` on the training lengths; `[]` pads each batch to
             its longest row without grouping.
-        shuffle: shuffle examples before bucketing (within buckets) and batches after it
-            (across buckets), differently each epoch. Nothing is dropped: a bucket's last
+        shuffle: without it, one pass in file order. With it, the batches of every epoch in
+            `epochs`, back to back (`bucketed_batch_count` batches each): examples are shuffled
+            before bucketing (within buckets) and batches after it (across buckets), in an order
+            that depends only on `seed` and the epoch number, so a training resumed at epoch k
+            sees exactly what an uninterrupted one would. Nothing is dropped: a bucket's last
             partial batch is kept.
     """
-    ds = tf.data.Dataset.zip(_sequences(arrays), tf.data.Dataset.from_tensor_slices(arrays["labels"]))
-    if shuffle:
-        ds = ds.shuffle(len(arrays["lengths"]), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.bucket_by_sequence_length(
+    count = len(arrays["lengths"])
+    batches = bucketed_batch_count(arrays["lengths"], boundaries, batch_size)
+    examples = _examples(arrays)
+    if not shuffle:
+        return _bucketed(tf.data.Dataset.range(count).map(examples), boundaries, batch_size, batches).prefetch(AUTOTUNE)
+
+    def one_epoch(epoch):
+        order = tf.random.experimental.stateless_shuffle(tf.range(count, dtype=tf.int64), seed=_epoch_seed(seed, epoch))
+        ds = _bucketed(tf.data.Dataset.from_tensor_slices(order).map(examples), boundaries, batch_size, batches)
+        # A fresh, equally seeded shuffle per epoch: batch order changes with the epoch's contents only.
+        return ds.shuffle(batches, seed=seed + 1, reshuffle_each_iteration=False)
+
+    epoch_numbers = tf.data.Dataset.from_tensor_slices(np.array(list(epochs), dtype=np.int64))
+    return epoch_numbers.flat_map(one_epoch).prefetch(AUTOTUNE)
+
+
+def _epoch_seed(seed: int, epoch: tf.Tensor) -> tf.Tensor:
+    return tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)])
+
+
+def _bucketed(examples: tf.data.Dataset, boundaries: list[int], batch_size: int, batches: int) -> tf.data.Dataset:
+    ds = examples.bucket_by_sequence_length(
         element_length_func=lambda ids, label: tf.shape(ids)[0],
         bucket_boundaries=boundaries,
         bucket_batch_sizes=[batch_size] * (len(boundaries) + 1),
         padded_shapes=([None], []),
         padding_values=(0, 0),
     )
-    batches = bucketed_batch_count(arrays["lengths"], boundaries, batch_size)
-    if shuffle:
-        ds = ds.shuffle(batches, seed=seed + 1, reshuffle_each_iteration=True)
     # Bucketing hides the batch count from tf.data; stating it gives Keras a finite progress bar.
-    return ds.apply(tf.data.experimental.assert_cardinality(batches)).prefetch(AUTOTUNE)
+    return ds.apply(tf.data.experimental.assert_cardinality(batches))
 
 
 def bucketed_batch_count(lengths: np.ndarray, boundaries: list[int], batch_size: int) -> int:
@@ -69,28 +88,22 @@ def bucketed_batch_count(lengths: np.ndarray, boundaries: list[int], batch_size:
 
 def ordered_batches(arrays: dict[str, np.ndarray], batch_size: int) -> tf.data.Dataset:
     """Batches of ids in file order, each right-padded to its own longest row (for predict)."""
-    return _sequences(arrays).padded_batch(batch_size, padded_shapes=[None], padding_values=0).prefetch(AUTOTUNE)
+    example = _examples(arrays)
+    sequences = tf.data.Dataset.range(len(arrays["lengths"])).map(lambda i: example(i)[0])
+    return sequences.padded_batch(batch_size, padded_shapes=[None], padding_values=0).prefetch(AUTOTUNE)
 
 
-def _sequences(arrays: dict[str, np.ndarray]) -> tf.data.Dataset:
-    """One variable-length int32 tensor per example, sliced out of the packed ids."""
+def _examples(arrays: dict[str, np.ndarray]):
+    """A function from example index to `(ids, label)`, ids sliced out of the packed stream."""
     ids = tf.constant(arrays["ids"], dtype=tf.int32)
-    lengths = arrays["lengths"].astype(np.int64)
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-    ds = tf.data.Dataset.from_tensor_slices((starts, lengths))
-    return ds.map(lambda start, length: ids[start:start + length], num_parallel_calls=AUTOTUNE,
-                  deterministic=True)
+    lengths = tf.constant(arrays["lengths"], dtype=tf.int64)
+    starts = tf.constant(np.concatenate([[0], np.cumsum(arrays["lengths"])[:-1]]), dtype=tf.int64)
+    labels = tf.constant(arrays["labels"] if "labels" in arrays else np.zeros(len(arrays["lengths"])), dtype=tf.int32)
 
+    def example(index):
+        return ids[starts[index]:starts[index] + lengths[index]], labels[index]
 
-def skip_epochs(dataset: tf.data.Dataset, epochs: int) -> None:
-    """Iterate `dataset` `epochs` times, so a reshuffling dataset moves on to the next epoch's order.
-
-    A resumed training calls this for the epochs it already did: a seeded shuffle's order for
-    epoch k is the order of the dataset's (k+1)-th pass, whatever process runs it.
-    """
-    for _ in range(epochs):
-        for _ in dataset:
-            pass
+    return example
 
 
 def padding_fraction(dataset: tf.data.Dataset) -> float:
@@ -119,12 +132,28 @@ def lm_windows(stream: np.ndarray, sequence_length: int) -> np.ndarray:
 
 
 def lm_dataset(
-    stream: np.ndarray, sequence_length: int, batch_size: int, *, shuffle: bool, seed: int = 0
+    stream: np.ndarray, sequence_length: int, batch_size: int, *, shuffle: bool, seed: int = 0,
+    epochs: range = range(1),
 ) -> tf.data.Dataset:
-    """Batches of `(inputs [batch, L], targets [batch, L])` cut from one token stream."""
-    windows = lm_windows(stream, sequence_length)
-    ds = tf.data.Dataset.from_tensor_slices(windows)
+    """Batches of `(inputs [batch, L], targets [batch, L])` cut from one token stream.
+
+    With `shuffle`, the windows of every epoch in `epochs` back to back, each epoch in an order
+    that depends only on `seed` and the epoch number (see `classification_dataset`).
+    """
+    windows = tf.constant(lm_windows(stream, sequence_length))
     if shuffle:
-        ds = ds.shuffle(len(windows), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size).map(lambda w: (w[:, :-1], w[:, 1:]), num_parallel_calls=AUTOTUNE)
+        def one_epoch(epoch):
+            order = tf.random.experimental.stateless_shuffle(tf.range(tf.shape(windows)[0]), _epoch_seed(seed, epoch))
+            # Batched within the epoch, so no batch straddles two epochs.
+            return tf.data.Dataset.from_tensor_slices(tf.gather(windows, order)).batch(batch_size)
+
+        ds = tf.data.Dataset.from_tensor_slices(np.array(list(epochs), dtype=np.int64)).flat_map(one_epoch)
+    else:
+        ds = tf.data.Dataset.from_tensor_slices(windows).batch(batch_size)
+    ds = ds.map(lambda w: (w[:, :-1], w[:, 1:]), num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)
+
+
+def lm_batch_count(stream_length: int, sequence_length: int, batch_size: int) -> int:
+    """Batches per epoch of `lm_dataset`: the windows, the last batch kept partial."""
+    return -(-((stream_length - 1) // sequence_length) // batch_size)

@@ -1,22 +1,29 @@
 """Readers that turn a user's files, or a tensorflow-datasets split, into `(text, label)` examples.
 
-Every reader returns a `Examples` value or raises `DataError` with a message that names the file
-(and line, where there is one) and says how to fix it. Labels are kept as strings here; the
-prepare stage maps them to ids. Texts that are blank after stripping are skipped and counted.
+Every reader returns a `Examples` value or raises `DataError` with a one-line message that names
+the file (and line, where there is one) and says how to fix it. Labels are kept as stripped,
+non-blank strings here; the prepare stage maps them to ids. Texts that are blank after stripping
+are skipped and counted. No text or label holds NUL or an unpaired surrogate.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
+import re
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.errors import DataError
 
 SUFFIX_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
+# NUL marks a binary file or a wrong encoding; an unpaired surrogate (a JSON escape such as
+# \ud800, a UTF-7 file, a file name that is not UTF-8) cannot be written back as UTF-8.
+UNUSABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 @dataclass
@@ -84,7 +91,7 @@ def read_local(
         return _read_text(text, document, task, path)
     fields = (text_field, None if task == "lm" else label_field)
     if fmt == "label_text":
-        return _read_label_text(text)
+        return _read_label_text(text, task)
     if fmt in ("csv", "tsv"):
         return _read_delimited(text, path, "," if fmt == "csv" else "\t", *fields)
     if fmt == "jsonl":
@@ -98,22 +105,45 @@ def decode_file(path: Path, encoding: str) -> str:
         raw = path.read_bytes()
     except OSError as err:
         raise DataError(f"{path}: cannot read ({err.strerror})") from None
-    codec = "utf-8-sig" if encoding.replace("_", "-").lower() in ("utf-8", "utf8") else encoding
+    fix = "set data.encoding to the file's encoding (e.g. latin-1) or re-save it as UTF-8"
     try:
-        text = raw.decode(codec)
+        text = raw.decode(encoding)
     except LookupError:
-        raise DataError(f"data.encoding {encoding!r} is not a known codec; try utf-8 or latin-1") from None
+        raise DataError(f"{path}: data.encoding {encoding!r} is not a text codec; try utf-8 or latin-1") from None
     except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        raise DataError(
-            f"{path}:{line}: bytes not valid in data.encoding={encoding}; "
-            "set data.encoding to the file's encoding (e.g. latin-1) or re-save it as UTF-8"
-        ) from None
-    if "\x00" in text:
-        line = text[: text.index("\x00")].count("\n") + 1
-        raise DataError(f"{path}:{line}: NUL byte in text; is this a binary file, or UTF-16 (set data.encoding)?")
-    # Universal newlines: \r\n and a lone \r both end a line, as Python's text mode reads them.
+        line = _line_at(err.object, err.start, encoding)  # utf-8-sig counts from after the BOM
+        raise DataError(f"{path}:{line}: bytes not valid in data.encoding={encoding}; {fix}") from None
+    except UnicodeError:  # codecs such as punycode fail without saying where
+        raise DataError(f"{path}: bytes not valid in data.encoding={encoding}; {fix}") from None
+    if raw.startswith(codecs.BOM_UTF8) and codecs.lookup(encoding).name not in ("utf-8", "utf-8-sig"):
+        raise DataError(f"{path}:1: starts with a UTF-8 byte-order mark, but data.encoding={encoding}; {fix}")
+    # A leading U+FEFF is a byte-order mark in every Unicode encoding, never part of the text.
+    text = _universal_newlines(text).removeprefix("\ufeff")
+    bad = UNUSABLE.search(text)
+    if bad:
+        line = text.count("\n", 0, bad.start()) + 1
+        if bad.group() == "\x00":
+            raise DataError(f"{path}:{line}: NUL byte in text; is this a binary file, or UTF-16 (set data.encoding)?")
+        raise DataError(f"{path}:{line}: {_describe(bad.group())} in text; {fix}")
+    return text
+
+
+def _universal_newlines(text: str) -> str:
+    """`text` with \\r\\n and lone \\r line ends read as \\n, as Python's text mode reads files."""
     return io.StringIO(text, newline=None).read()
+
+
+def _line_at(data: bytes, offset: int, encoding: str) -> int:
+    """The line holding byte `offset` of `data`, counted the way `decode_file` counts lines."""
+    try:
+        before = data[:offset].decode(encoding)
+    except UnicodeError:  # a stateful codec cut mid-sequence: count the ASCII line ends
+        before = data[:offset].decode("latin-1")
+    return _universal_newlines(before).count("\n") + 1
+
+
+def _describe(character: str) -> str:
+    return "a NUL character" if character == "\x00" else f"an unpaired surrogate (\\u{ord(character):04x})"
 
 
 def _read_text(text: str, document: str, task: str, path: Path) -> Examples:
@@ -130,12 +160,13 @@ def _read_text(text: str, document: str, task: str, path: Path) -> Examples:
     return examples
 
 
-def _read_label_text(text: str) -> Examples:
+def _read_label_text(text: str, task: str) -> Examples:
     examples = Examples()
     for line in text.split("\n"):
         parts = line.split(None, 1)
         if parts:
-            examples.add(parts[1] if len(parts) > 1 else "", parts[0])
+            # A language model learns from the text alone, as it does from csv, tsv and jsonl.
+            examples.add(parts[1] if len(parts) > 1 else "", None if task == "lm" else parts[0])
     return examples
 
 
@@ -145,21 +176,16 @@ def _read_delimited(text: str, path: Path, delimiter: str, text_field: str, labe
     columns = reader.fieldnames or []
     for wanted, key in ((text_field, "data.text_field"), (label_field, "data.label_field")):
         if wanted is not None and wanted not in columns:
-            raise DataError(
-                f"{path}:1: no column {wanted!r} (columns: {', '.join(columns)}); set {key} to one of them"
-            )
+            raise DataError(f"{path}:1: no column {wanted!r} (columns: {_listing(columns)}); set {key} to one of them")
     examples = Examples()
     try:
         for row in reader:
             body = row.get(text_field)
             label = row.get(label_field) if label_field else None
+            where = f"{path}:{reader.line_num}"
             if body is None or (label_field and label is None):
-                raise DataError(
-                    f"{path}:{reader.line_num}: row has fewer fields than the header; fix or delete the row"
-                )
-            if label_field and not label.strip():
-                raise DataError(f"{path}:{reader.line_num}: empty {label_field!r}; every row needs a label")
-            examples.add(body, label.strip() if label_field else None)
+                raise DataError(f"{where}: row has fewer fields than the header; fix or delete the row")
+            examples.add(body, _label(label, where, label_field) if label_field else None)
     except csv.Error as err:
         raise DataError(f"{path}:{reader.line_num}: malformed {'CSV' if delimiter == ',' else 'TSV'} ({err})") from None
     return examples
@@ -168,28 +194,58 @@ def _read_delimited(text: str, path: Path, delimiter: str, text_field: str, labe
 def _read_jsonl(text: str, path: Path, text_field: str, label_field: str | None) -> Examples:
     examples = Examples()
     for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{number}: not valid JSON ({err.msg}); each line must be one object") from None
-        if not isinstance(record, dict):
-            raise DataError(f"{path}:{number}: a JSON object is needed, got {type(record).__name__}")
-        for wanted, key in ((text_field, "data.text_field"), (label_field, "data.label_field")):
-            if wanted is not None and wanted not in record:
-                raise DataError(
-                    f"{path}:{number}: no key {wanted!r} (keys: {', '.join(map(str, record))}); "
-                    f"set {key} to one of them"
-                )
-        body = record[text_field]
-        if not isinstance(body, str):
-            raise DataError(f"{path}:{number}: {text_field!r} must be a string, got {type(body).__name__}")
-        label = record[label_field] if label_field else None
-        if label_field and (label is None or isinstance(label, (dict, list, bool))):
-            raise DataError(f"{path}:{number}: {label_field!r} must be a string or an integer, got {label!r}")
-        examples.add(body, str(label).strip() if label_field else None)
+        if line.strip():
+            examples.add(*_jsonl_example(line, f"{path}:{number}", text_field, label_field))
     return examples
+
+
+def _jsonl_example(line: str, where: str, text_field: str, label_field: str | None) -> tuple[str, str | None]:
+    """The text and label of one JSONL line; `where` is the `file:line` that messages name."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{where}: not valid JSON ({err.msg}); each line must be one object") from None
+    except (ValueError, RecursionError):  # an integer past Python's 4300 digits, nesting past its stack
+        raise DataError(f"{where}: JSON nested too deeply or with too long a number; simplify the line") from None
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: a JSON object is needed, got {type(record).__name__}")
+    for wanted, key in ((text_field, "data.text_field"), (label_field, "data.label_field")):
+        if wanted is not None and wanted not in record:
+            raise DataError(f"{where}: no key {wanted!r} (keys: {_listing(record)}); set {key} to one of them")
+    body = record[text_field]
+    if not isinstance(body, str):
+        raise DataError(f"{where}: {text_field!r} must be a string, got {type(body).__name__}")
+    bad = UNUSABLE.search(body)
+    if bad:
+        raise DataError(f"{where}: {text_field!r} holds {_describe(bad.group())}; remove it")
+    return body, _jsonl_label(record[label_field], where, label_field) if label_field else None
+
+
+def _jsonl_label(value: object, where: str, label_field: str) -> str:
+    # JSON has one number type, so 1.0 is the label 1; but 0.5, NaN or true name no class.
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        shown = type(value).__name__ if isinstance(value, (dict, list)) else json.dumps(value)
+        raise DataError(f"{where}: {label_field!r} must be a string or an integer, got {shown}")
+    return _label(str(value), where, label_field)
+
+
+def _label(value: str, where: str, label_field: str) -> str:
+    """`value` stripped, if it can be a label; `where` is the `file:line` that messages name."""
+    label = value.strip()
+    if not label:
+        raise DataError(f"{where}: empty {label_field!r}; every row needs a label")
+    bad = UNUSABLE.search(label)
+    if bad:
+        raise DataError(f"{where}: {label_field!r} holds {_describe(bad.group())}; remove it")
+    return label
+
+
+def _listing(names: Iterable) -> str:
+    """Column or key names for a one-line message: the first few, odd characters escaped."""
+    shown = [name if name.isprintable() and len(name) <= 40 else repr(name[:40]) for name in map(str, names)]
+    return ", ".join(shown[:8]) + (", ..." if len(shown) > 8 else "")
 
 
 def _read_folder(path: Path, encoding: str, task: str) -> Examples:
@@ -198,7 +254,7 @@ def _read_folder(path: Path, encoding: str, task: str) -> Examples:
         files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
         groups = [(None, files)]
     else:
-        groups = [(d.name, sorted(p for p in d.iterdir() if p.is_file() and not p.name.startswith(".")))
+        groups = [(_folder_label(d), sorted(p for p in d.iterdir() if p.is_file() and not p.name.startswith(".")))
                   for d in folders]
     examples = Examples()
     for label, files in groups:
@@ -209,6 +265,14 @@ def _read_folder(path: Path, encoding: str, task: str) -> Examples:
             f"{path}: no examples found; data.format=folder needs one sub-folder per label, one file per example"
         )
     return examples
+
+
+def _folder_label(folder: Path) -> str:
+    """The label a class folder stands for: its name, stripped."""
+    label = folder.name.strip()
+    if not label or UNUSABLE.search(label):
+        raise DataError(f"{folder}: a folder name must be a label, not blank and in UTF-8; rename the folder")
+    return label
 
 
 def read_tfds(

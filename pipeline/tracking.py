@@ -186,15 +186,12 @@ def note_reuse(output: Path, made_by: dict[str, str]) -> None:
 
 
 def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
-    """Log a file, or every file below a folder."""
+    """Log a file, or a folder with everything below it (a SavedModel's `variables/` too)."""
     if not active():
         return
     path = Path(path)
     if path.is_dir():
-        for file in sorted(path.iterdir()):
-            # DONE is the work directory's completion marker, not a result.
-            if file.is_file() and file.name != "DONE":
-                mlflow.log_artifact(str(file), artifact_path=artifact_path)
+        mlflow.log_artifacts(str(path), artifact_path=artifact_path)
     else:
         mlflow.log_artifact(str(path), artifact_path=artifact_path)
 

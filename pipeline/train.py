@@ -28,7 +28,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline import checkpoints, data, models, tracking
+from pipeline import checkpoints, data, models, signals, tracking
 from pipeline.config import Config
 from pipeline.errors import TrainingError
 from pipeline.tokenize import load_split
@@ -53,8 +53,13 @@ def run(config: Config, workdir: str | Path) -> TrainResult:
     tokenized = require_stage(config, workdir, "tokenize", needed_by="train")
     prepared = require_stage(config, workdir, "prepare", needed_by="train")
     setup_runtime(config)
+    store = checkpoints.Store(partial_dir(config, workdir))
+    resumed = store.latest()
+    first_epoch = resumed.epoch if resumed else 0
+    # A checkpoint taken as early stopping fired has no epochs left; fit then only restores the best weights.
+    last_epoch = first_epoch if resumed and resumed.stopped_early else config.train.epochs
     vocab_size = json.loads((tokenized / "stats.json").read_text())["vocab_size"]
-    train_ds, val_ds, extra = _datasets(config, tokenized, prepared)
+    train_ds, val_ds, extra = _datasets(config, tokenized, prepared, first_epoch)
     model = models.build_model(config, vocab_size, len(extra.get("labels", [])))
     model.compile(
         optimizer=keras.optimizers.Adam(config.train.learning_rate, clipnorm=1.0),
@@ -64,21 +69,18 @@ def run(config: Config, workdir: str | Path) -> TrainResult:
     kernel = _report_kernels(model)
     tracking.log_metrics({k: v for k, v in extra.items() if k == "padding_fraction"})
 
-    store = checkpoints.Store(partial_dir(config, workdir))
-    resumed = store.latest()
     early_stopping = checkpoints.ResumableEarlyStopping(
         resumed, monitor="val_loss", patience=config.train.patience, restore_best_weights=True)
     if resumed:
         resumed.restore(model)
-        data.skip_epochs(train_ds, resumed.epoch)  # the shuffle order carries on where it stopped
         tracking.log_epoch_history(resumed.history)  # epochs the killed process had no time to log
         log.info("resuming training after epoch %d of %d from %s", resumed.epoch, config.train.epochs, resumed.path)
-    # A checkpoint taken as early stopping fired has no epochs left; fit then only restores the best weights.
-    epochs = resumed.epoch if resumed and resumed.stopped_early else config.train.epochs
-    history = model.fit(
-        train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=resumed.epoch if resumed else 0,
-        callbacks=_callbacks(config, store, early_stopping, extra), verbose=2 if _quiet() else 1, shuffle=False,
-    )
+    with signals.deferred():  # Ctrl-C stops between batches, never inside a checkpoint or an MLflow write
+        history = model.fit(
+            train_ds, validation_data=val_ds, epochs=last_epoch, initial_epoch=first_epoch,
+            steps_per_epoch=extra["steps_per_epoch"], callbacks=_callbacks(config, store, early_stopping, extra),
+            verbose=2 if _quiet() else 1, shuffle=False,
+        )
     history = checkpoints.join_history(resumed.history if resumed else {}, history.history)
     _check_finite(history, config)
 
@@ -130,19 +132,26 @@ def setup_runtime(config: Config) -> None:
     keras.mixed_precision.set_global_policy("mixed_float16" if use_mixed else "float32")
 
 
-def _datasets(config: Config, tokenized: Path, prepared: Path):
+def _datasets(config: Config, tokenized: Path, prepared: Path, first_epoch: int):
+    """Training batches for epochs `first_epoch` onwards, validation batches, and what else train needs."""
     t = config.train
+    epochs = range(first_epoch, t.epochs)
     train, val = load_split(tokenized, "train"), load_split(tokenized, "validation")
     if config.task == "lm":
         extra = {"validation_characters": int(val["characters"].sum()), "validation_tokens": len(val["ids"]) - 1,
-                 "tokenizer": tokenized / "tokenizer.model"}
-        return (data.lm_dataset(train["ids"], t.sequence_length, t.batch_size, shuffle=True, seed=t.seed),
-                data.lm_dataset(val["ids"], t.sequence_length, t.batch_size, shuffle=False), extra)
+                 "tokenizer": tokenized / "tokenizer.model",
+                 "steps_per_epoch": data.lm_batch_count(len(train["ids"]), t.sequence_length, t.batch_size)}
+        train_ds = data.lm_dataset(train["ids"], t.sequence_length, t.batch_size, shuffle=True, seed=t.seed,
+                                   epochs=epochs)
+        return train_ds, data.lm_dataset(val["ids"], t.sequence_length, t.batch_size, shuffle=False), extra
     boundaries = data.bucket_boundaries(train["lengths"], t.buckets)
     labels = json.loads((prepared / "labels.json").read_text(encoding="utf-8"))
-    train_ds = data.classification_dataset(train, t.batch_size, boundaries=boundaries, shuffle=True, seed=t.seed)
+    train_ds = data.classification_dataset(train, t.batch_size, boundaries=boundaries, shuffle=True, seed=t.seed,
+                                           epochs=epochs)
     val_ds = data.classification_dataset(val, t.batch_size, boundaries=boundaries, shuffle=False)
-    extra = {"labels": labels, "boundaries": boundaries, "padding_fraction": data.padding_fraction(train_ds)}
+    one_epoch = data.classification_dataset(train, t.batch_size, boundaries=boundaries, shuffle=True, seed=t.seed)
+    extra = {"labels": labels, "boundaries": boundaries, "padding_fraction": data.padding_fraction(one_epoch),
+             "steps_per_epoch": data.bucketed_batch_count(train["lengths"], boundaries, t.batch_size)}
     log.info("length buckets %s; %.1f%% of train positions are padding", boundaries, 100 * extra["padding_fraction"])
     return train_ds, val_ds, extra
 
@@ -158,7 +167,7 @@ def _callbacks(config: Config, store: checkpoints.Store, early_stopping: keras.c
                                     config.train.sample_tokens, seed=config.train.seed))
     if tracking.active():
         callbacks.append(tracking.EpochMetricsCallback())
-    return callbacks
+    return [*callbacks, signals.StopOnSignal()]
 
 
 class BitsPerCharacter(keras.callbacks.Callback):

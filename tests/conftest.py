@@ -91,3 +91,4 @@ def lm_overrides(corpus: Path, tmp_path: Path) -> list[str]:
         "train.epochs=2", "train.batch_size=8", "train.sequence_length=16", "train.sample_tokens=10",
         "train.sample_prompt=ROMEO:", f"export.dir={tmp_path / 'models'}",
     ]
+from .mlflow_servers import mlflow_server  # noqa: E402, F401  fixture: a real `mlflow server` per test module

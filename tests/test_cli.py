@@ -191,4 +191,4 @@ def test_unreachable_tracking_server_fails_fast_before_any_work(sentiment_files,
 def test_stage_out_of_order_says_what_to_run(tmp_path):
     result = CliRunner().invoke(main, ["train", "--workdir", str(tmp_path / "empty")])
     assert result.exit_code == 1
-    assert "run `pipeline tokenize` (or `pipeline run`) with the same --config, --set and --workdir first" in result.output
+    assert "run `pipeline tokenize` (or `pipeline run`) with the same --config, --set and --workdir" in result.output

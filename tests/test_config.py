@@ -95,3 +95,8 @@ def test_flatten_and_run_name():
     flat = flatten(config)
     assert flat["model.units"] == 128 and flat["data.tfds"] == "imdb_reviews"
     assert run_name(config) == "imdb-bilstm-2x128"
+
+
+def test_exponent_floats_parse_as_numbers():
+    config = load_config(None, ["train.learning_rate=1e-3", "model.dropout=2.5E-1"])
+    assert config.train.learning_rate == 0.001 and config.model.dropout == 0.25

@@ -45,14 +45,35 @@ def test_bucketing_cuts_padding(arrays):
     assert bucketed < padded_to_longest / 2
 
 
-def test_shuffle_changes_across_epochs_but_not_across_seeds(arrays):
+def test_each_epoch_has_its_own_order_fixed_by_seed_and_epoch(arrays):
     def order(dataset):
         return [label for _, labels in dataset for label in labels.numpy().tolist()]
 
-    dataset = data.classification_dataset(arrays, 16, boundaries=[10, 20], shuffle=True, seed=1)
-    again = data.classification_dataset(arrays, 16, boundaries=[10, 20], shuffle=True, seed=1)
-    assert order(dataset) != order(dataset)
-    assert order(again) == order(data.classification_dataset(arrays, 16, boundaries=[10, 20], shuffle=True, seed=1))
+    two_epochs = order(data.classification_dataset(arrays, 16, boundaries=[10, 20], shuffle=True, seed=1,
+                                                   epochs=range(2)))
+    first, second = two_epochs[:203], two_epochs[203:]
+    assert sorted(first) == sorted(second) == list(range(203)) and first != second
+    # A training resumed at epoch 1 builds its dataset anew and sees the same epoch-1 order.
+    resumed = order(data.classification_dataset(arrays, 16, boundaries=[10, 20], shuffle=True, seed=1,
+                                                epochs=range(1, 2)))
+    assert resumed == second
+    other_seed = order(data.classification_dataset(arrays, 16, boundaries=[10, 20], shuffle=True, seed=2))
+    assert other_seed != first
+
+
+def test_lm_epochs_have_their_own_order_fixed_by_seed_and_epoch():
+    stream = np.arange(200)
+
+    def starts(epochs):
+        ds = data.lm_dataset(stream, 4, batch_size=5, shuffle=True, seed=3, epochs=epochs)
+        return [int(row[0]) for inputs, _ in ds for row in inputs.numpy()]
+
+    both = starts(range(2))
+    assert len(both) == 2 * 49 and both[:49] != both[49:]
+    batches = data.lm_dataset(stream, 4, batch_size=5, shuffle=True, seed=3, epochs=range(2))
+    assert [len(inputs) for inputs, _ in batches] == 2 * ([5] * 9 + [4]), "no batch straddles two epochs"
+    assert starts(range(1, 2)) == both[49:]
+    assert data.lm_batch_count(200, 4, 5) == 10
 
 
 def test_ordered_batches_keep_file_order(arrays):

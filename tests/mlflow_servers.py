@@ -1,0 +1,141 @@
+"""Real MLflow servers for tests: `mlflow server` on a free port of 127.0.0.1, stopped with its
+whole process group.
+
+`start_mlflow_server` and `stop_process_group` are plain functions, for a test that needs a server
+of its own or another process beside it (`mlflow models serve` answers `/health` too, so
+`wait_for_health` fits it). `mlflow_server` is the fixture most tests want: one server per test
+module, imported into conftest.py so every module can ask for it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+
+HOST = "127.0.0.1"
+
+
+class MLflowServer(NamedTuple):
+    url: str
+    process: subprocess.Popen
+    root: Path  # mlflow.db, artifacts/ and server.log
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def child_env(tracking_uri: str | None = None, **extra: str) -> dict[str, str]:
+    """This process's environment for an MLflow child process, pointed at `tracking_uri`.
+
+    The experiment and run variables are dropped: a child must not log into whatever run or
+    experiment this process has open. Telemetry is off, as the network is closed.
+    """
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID")}
+    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    if tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
+    env.update(extra)
+    return env
+
+
+def start_mlflow_server(root: Path, timeout: float = 60.0) -> MLflowServer:
+    """Start `mlflow server` with a SQLite store and artifact root under `root`; return once it answers.
+
+    Artifacts are proxied (`mlflow-artifacts:/` URIs), so clients upload and download them over
+    HTTP, as a client on another machine would. Raises `RuntimeError` with the server's log if it
+    exits or stays silent for `timeout` seconds; the server is stopped then.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+               "--artifacts-destination", str(root / "artifacts"), "--host", HOST, "--port", str(port),
+               "--workers", "1"]
+    # Job execution (GenAI judges and scorers) would add eight huey processes and a folder in
+    # /dev/shm that is never removed; tracking, artifacts and the registry do not use it.
+    env = child_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    log_path = root / "server.log"
+    with open(log_path, "wb") as log:
+        # A session of its own, so that stopping reaches uvicorn's worker as well as the mlflow CLI.
+        process = subprocess.Popen(command, cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://{HOST}:{port}"
+    try:
+        wait_for_health(url, process, log_path, timeout)
+    except BaseException:
+        stop_process_group(process)
+        raise
+    return MLflowServer(url, process, root)
+
+
+def wait_for_health(url: str, process: subprocess.Popen, log_path: Path, timeout: float) -> None:
+    """Poll `url`/health until it answers 200; raise `RuntimeError` with the log's end if it never does."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[:4]} exited with code {process.returncode} before answering "
+                               f"{url}/health:\n{_tail(log_path)}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url}/health did not answer within {timeout:.0f} s:\n{_tail(log_path)}")
+        time.sleep(0.25)
+
+
+def stop_process_group(process: subprocess.Popen, timeout: float = 20.0) -> None:
+    """SIGTERM the group that `process` leads (started with `start_new_session=True`), then SIGKILL
+    whatever is still there after `timeout` seconds."""
+    if process.returncode is not None:
+        return  # stopped and reaped already; its group id may belong to someone else by now
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + timeout
+        while _group_alive(process.pid) and time.monotonic() < deadline:
+            process.poll()  # reap the leader, or it lingers as a zombie and the group looks alive
+            time.sleep(0.1)
+        if not _group_alive(process.pid):
+            break
+    process.wait(timeout=timeout)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _tail(path: Path, chars: int = 4000) -> str:
+    return path.read_text(encoding="utf-8", errors="replace")[-chars:] if path.is_file() else "(no log)"
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory) -> Iterator[MLflowServer]:
+    """A real `mlflow server` for the requesting test module, stopped when the module's tests end."""
+    server = start_mlflow_server(tmp_path_factory.mktemp("mlflow-server"))
+    try:
+        yield server
+    finally:
+        stop_process_group(server.process)

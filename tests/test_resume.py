@@ -1,0 +1,162 @@
+"""Interrupted training: kill -9 and resume, Ctrl-C and SIGTERM, NaN losses, determinism.
+
+The process tests run the real `pipeline` command in a subprocess and stop it once the first
+epoch's checkpoint is on disk; an epoch of this config takes about a second, which leaves the
+test ample time to act before training ends.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+
+from pipeline import models, prepare, runner, tokenize, tracking, train
+from pipeline.config import load_config
+from pipeline.errors import TrainingError
+from pipeline.workdir import stage_dir
+
+from .conftest import tiny_overrides, write_label_text
+
+PIPELINE = str(Path(sys.executable).parent / "pipeline")
+
+
+@pytest.fixture
+def slow_epochs(tmp_path) -> list[str]:
+    """Overrides for a 3-epoch deterministic run whose epochs last about a second each."""
+    files = {"train": write_label_text(tmp_path / "train.txt", 1600, seed=1),
+             "validation": write_label_text(tmp_path / "dev.txt", 40, seed=2)}
+    return [*tiny_overrides(files, tmp_path), "train.epochs=3", "train.patience=5", "train.deterministic=true"]
+
+
+def _command(overrides: list[str], workdir: Path, uri: str) -> list[str]:
+    args = [PIPELINE, "run", "--workdir", str(workdir), "--tracking-uri", uri, "--experiment", "resume"]
+    for item in overrides:
+        args += ["--set", item]
+    return args
+
+
+def _start_and_stop_after_epoch_one(command: list[str], partial: Path, signum: int) -> subprocess.CompletedProcess:
+    """Start `command`, send `signum` once the epoch-1 checkpoint exists, and wait for the exit."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (partial / "epoch-001").is_dir():
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "no checkpoint after 300 s"
+        time.sleep(0.01)
+    process.send_signal(signum)
+    out, err = process.communicate(timeout=120)
+    return subprocess.CompletedProcess(command, process.returncode, out, err)
+
+
+def _runs(uri: str) -> list[mlflow.entities.Run]:
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    return client.search_runs([client.get_experiment_by_name("resume").experiment_id])
+
+
+def _weights(config, workdir: Path) -> list[np.ndarray]:
+    return keras.saving.load_model(stage_dir(config, workdir, "train") / "model.keras").get_weights()
+
+
+def test_kill_9_then_same_command_resumes_into_the_same_run_with_identical_weights(slow_epochs, tmp_path):
+    config = load_config(None, slow_epochs)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    command = _command(slow_epochs, tmp_path / "work", uri)
+    killed = _start_and_stop_after_epoch_one(command, train.partial_dir(config, tmp_path / "work"), signal.SIGKILL)
+    assert killed.returncode == -signal.SIGKILL
+    assert {r.info.status for r in _runs(uri) if r.info.run_name == "train"} == {"RUNNING"}
+
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming training after epoch" in resumed.stderr
+
+    runs = _runs(uri)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    trains = [r for r in runs if r.info.run_name == "train"]
+    assert len(trains) == 1 and trains[0].info.status == "FINISHED"
+    assert trains[0].data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    for metric in ("loss", "val_loss", "val_accuracy"):
+        steps = sorted(m.step for m in client.get_metric_history(trains[0].info.run_id, metric))
+        assert steps == [0, 1, 2], metric
+    assert not train.partial_dir(config, tmp_path / "work").exists()
+
+    # The same config, never interrupted, in its own work folder and tracking store.
+    straight = subprocess.run(_command(slow_epochs, tmp_path / "straight", f"sqlite:///{tmp_path / 'other.db'}"),
+                              capture_output=True, text=True, timeout=600)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    for a, b in zip(_weights(config, tmp_path / "work"), _weights(config, tmp_path / "straight"), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert _val_losses(uri) == _val_losses(f"sqlite:///{tmp_path / 'other.db'}")
+
+
+def _val_losses(uri: str) -> list[tuple[int, float]]:
+    run = next(r for r in _runs(uri) if r.info.run_name == "train")
+    history = mlflow.MlflowClient(tracking_uri=uri).get_metric_history(run.info.run_id, "val_loss")
+    return sorted((m.step, m.value) for m in history)
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupt_marks_the_runs_killed_and_exits_128_plus_signal(slow_epochs, tmp_path, signum, code):
+    config = load_config(None, slow_epochs)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    stopped = _start_and_stop_after_epoch_one(_command(slow_epochs, tmp_path / "work", uri),
+                                              train.partial_dir(config, tmp_path / "work"), signum)
+    assert stopped.returncode == code, stopped.stderr[-3000:]
+    assert "Traceback" not in stopped.stderr
+    statuses = {r.info.run_name.split("-")[0]: r.info.status for r in _runs(uri)}
+    assert statuses["train"] == "KILLED" and statuses["tiny"] == "KILLED"
+    assert statuses["prepare"] == statuses["tokenize"] == "FINISHED"
+    assert train.resumable_run(config, tmp_path / "work").epoch >= 1, "the finished epochs are kept"
+
+
+def test_nan_loss_fails_the_run_with_a_clear_error(tiny_config, tmp_path, monkeypatch):
+    build = models.build_model
+
+    def diverging(*args):
+        model = build(*args)
+        return keras.Model(model.inputs, keras.layers.Lambda(lambda p: p * float("nan"))(model.outputs[0]))
+
+    monkeypatch.setattr(models, "build_model", diverging)
+    for stage in (prepare, tokenize):
+        stage.run(tiny_config, tmp_path / "work")
+    tracking.configure(None, "nan")
+    with pytest.raises(TrainingError, match=r"training loss became nan in epoch 0.*Lower train.learning_rate"):
+        runner.run_stage("train", tiny_config, tmp_path / "work")
+    run = mlflow.search_runs(output_format="list", filter_string="attributes.run_name = 'train'")[0]
+    assert run.info.status == "FAILED"
+    assert run.data.tags["error"].startswith("TrainingError: the training loss became nan")
+    assert not stage_dir(tiny_config, tmp_path / "work", "train").exists()
+
+
+def test_two_deterministic_trainings_give_identical_weights_and_metrics(sentiment_files, tmp_path):
+    overrides = [*tiny_overrides(sentiment_files, tmp_path), "train.deterministic=true", "model.dropout=0.3"]
+    config = load_config(None, overrides)
+    results = []
+    for name in ("a", "b"):
+        for stage in (prepare, tokenize, train):
+            result = stage.run(config, tmp_path / name)
+        results.append(result)
+    assert results[0].best_metrics == results[1].best_metrics
+    for a, b in zip(_weights(config, tmp_path / "a"), _weights(config, tmp_path / "b"), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_run_left_running_by_a_dead_process_is_marked_killed():
+    tracking.configure(None, "stale")
+    tags = {"config_fingerprint": "abc123", "pipeline.host": os.uname().nodename, "pipeline.pid": "999999999"}
+    with mlflow.start_run(tags=tags) as run:
+        pass
+    mlflow.MlflowClient().update_run(run.info.run_id, status="RUNNING")
+    assert tracking.settle_stale_runs("abc123", keep=set()) == [run.info.run_id]
+    assert mlflow.get_run(run.info.run_id).info.status == "KILLED"
+
