@@ -261,6 +261,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         if value is None and type(None) in options:
             return None
         hint = next(o for o in options if o is not type(None))
+    if hint in (int, float) and isinstance(value, str):
+        value = _number(value, hint)  # "3" from a quoted YAML value or a tool means 3
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -270,6 +272,14 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             f"config key {key} must be {hint.__name__}; got {value!r} ({type(value).__name__})"
         )
     return value
+
+
+def _number(text: str, hint: type) -> Any:
+    """`text` as an int or float when it spells one exactly, else unchanged (and then refused)."""
+    try:
+        return hint(text.strip())
+    except ValueError:
+        return text
 
 
 def _check_values(config: Config) -> None:

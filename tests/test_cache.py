@@ -1,0 +1,122 @@
+"""Content-addressed stage outputs: what changes a stage's key, and how `pipeline run` reuses them."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+import mlflow
+import pytest
+from click.testing import CliRunner
+
+from pipeline import cache, tokenize, tokenizer
+from pipeline.cli import main
+from pipeline.config import load_config
+from pipeline.workdir import atomic_output, is_finished, stage_dir
+
+from .conftest import tiny_overrides
+
+
+def _keys(files, tmp_path, *extra):
+    return cache.stage_keys(load_config(None, [*tiny_overrides(files, tmp_path), *extra]))
+
+
+def test_same_config_same_keys_and_normalised_values(sentiment_files, tmp_path):
+    base = _keys(sentiment_files, tmp_path)
+    assert base == _keys(sentiment_files, tmp_path)
+    assert base == _keys(sentiment_files, tmp_path, 'train.epochs="2"', "train.learning_rate=1e-3")
+    assert len(set(base.values())) == len(base), "every stage has its own key"
+
+
+@pytest.mark.parametrize("change, first_changed", [
+    ("train.epochs=3", "train"),
+    ("model.units=16", "train"),
+    ("train.seed=7", "prepare"),  # the test split is carved with the seed
+    ("tokenizer.vocab_size=50", "tokenize"),
+    ("train.max_length=8", "tokenize"),  # a classifier's sequences are cut when encoded
+    ("data.test_fraction=0.3", "prepare"),
+])
+def test_a_change_reruns_its_stage_and_everything_after(sentiment_files, tmp_path, change, first_changed):
+    before, after = _keys(sentiment_files, tmp_path), _keys(sentiment_files, tmp_path, change)
+    first = cache.STAGES.index(first_changed)
+    for index, stage in enumerate(cache.STAGES):
+        assert (before[stage] != after[stage]) == (index >= first), stage
+
+
+@pytest.mark.parametrize("change", ["name=other", "export.dir=elsewhere", "export.register_as=tiny",
+                                    "data.tfds_data_dir=/x", "data.manual_dir=/y"])
+def test_options_that_do_not_change_outputs_keep_every_key(sentiment_files, tmp_path, change):
+    assert _keys(sentiment_files, tmp_path) == _keys(sentiment_files, tmp_path, change)
+
+
+def test_input_files_count_by_content_not_path(sentiment_files, tmp_path):
+    before = _keys(sentiment_files, tmp_path)
+    moved = {name: shutil.copy(path, tmp_path / f"copy-{path.name}") for name, path in sentiment_files.items()}
+    assert _keys(moved, tmp_path) == before
+    with sentiment_files["train"].open("a") as f:
+        f.write("1 one more line\n")
+    assert _keys(sentiment_files, tmp_path)["prepare"] != before["prepare"]
+
+
+def test_a_new_code_version_changes_every_key(sentiment_files, tmp_path, monkeypatch):
+    before = _keys(sentiment_files, tmp_path)
+    monkeypatch.setattr(cache, "code_version", lambda: "0.0.0+other")
+    after = _keys(sentiment_files, tmp_path)
+    assert all(before[s] != after[s] for s in cache.STAGES)
+
+
+def test_a_crash_mid_write_leaves_no_finished_looking_folder(tiny_config, tmp_path, monkeypatch):
+    final = tmp_path / "out"
+    with pytest.raises(RuntimeError), atomic_output(final) as tmp:
+        (tmp / "half.txt").write_text("half")
+        raise RuntimeError("crash")
+    assert not final.exists() and not list(tmp_path.glob(".out.tmp-*"))
+
+    from pipeline import prepare
+
+    prepare.run(tiny_config, tmp_path / "work")
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(tokenizer, "save", crash)  # the tokenizer is the first file tokenize writes
+    with pytest.raises(OSError, match="disk full"):
+        tokenize.run(tiny_config, tmp_path / "work")
+    assert not stage_dir(tiny_config, tmp_path / "work", "tokenize").exists()
+    assert not list((tmp_path / "work").rglob("*.tmp-*"))
+
+
+def _run(caplog, files, tmp_path, *extra):
+    """Run the tiny config; return, per stage, whether it "ran" or was "cached"."""
+    args = ["run", "--workdir", str(tmp_path / "work"), "--experiment", "cache"]
+    for item in tiny_overrides(files, tmp_path):
+        args += ["--set", item]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="pipeline.runner"):
+        result = CliRunner().invoke(main, [*args, *extra], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    lines = [m for m in caplog.messages if m.startswith("== ")]
+    return {line.split(":")[0][3:]: ("cached" if ": cached" in line else "ran") for line in lines}
+
+
+def test_pipeline_run_reuses_finished_stages_and_links_their_runs(caplog, sentiment_files, tmp_path):
+    assert _run(caplog, sentiment_files, tmp_path) == dict.fromkeys(cache.STAGES, "ran")
+    assert _run(caplog, sentiment_files, tmp_path) == dict.fromkeys(cache.STAGES, "cached")
+    runs = mlflow.search_runs(experiment_names=["cache"], output_format="list", order_by=["attributes.start_time"])
+    first = {r.info.run_name: r for r in runs[::-1] if "cache_hit" not in r.data.tags}
+    hits = [r for r in runs if r.data.tags.get("cache_hit") == "true"]
+    assert sorted(r.info.run_name for r in hits) == sorted(cache.STAGES)
+    for hit in hits:
+        assert hit.data.tags["cache_source_run_id"] == first[hit.info.run_name].info.run_id
+        assert hit.data.tags["mlflow.parentRunId"] != first[hit.info.run_name].data.tags["mlflow.parentRunId"]
+    second_parent = next(r for r in runs if r.info.run_id == hits[0].data.tags["mlflow.parentRunId"])
+    assert "test_accuracy" in second_parent.data.metrics, "a cached run still shows the test metrics"
+
+    # Only the number of epochs changes: the data and the tokenizer are reused.
+    assert _run(caplog, sentiment_files, tmp_path, "--set", "train.epochs=1") == {
+        "prepare": "cached", "tokenize": "cached", "train": "ran", "evaluate": "ran", "export": "ran"}
+    assert _run(caplog, sentiment_files, tmp_path, "--force", "train") == {
+        "prepare": "cached", "tokenize": "cached", "train": "ran", "evaluate": "ran", "export": "ran"}
+    assert _run(caplog, sentiment_files, tmp_path, "--force") == dict.fromkeys(cache.STAGES, "ran")
+    config = load_config(None, tiny_overrides(sentiment_files, tmp_path))
+    assert all(is_finished(stage_dir(config, tmp_path / "work", s)) for s in ("prepare", "tokenize", "train"))
