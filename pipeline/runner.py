@@ -191,6 +191,10 @@ def _log_outputs(stage: str, config: Config, workdir: Path, result: Any, artifac
     elif stage == "export":
         tracking.set_tags({"export_path": result.path})
         files = [(result.path, "saved_model")]
+        if config.export.register_as and tracking.active():
+            uri = tracking.register_export(result.path, config.export.register_as,
+                                           cache.stage_keys(config)["export"], config.task)
+            tracking.set_tags({"registered_model": uri})
     if artifacts:
         for path, folder in files:
             tracking.log_artifact(path, folder)

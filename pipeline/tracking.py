@@ -196,6 +196,46 @@ def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
         mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
 
+def register_export(path: Path, name: str, key: str, task: str) -> str:
+    """Log an export as an MLflow model in the active run and register it as a version of `name`.
+
+    The version is tagged with the export's cache key, so an export registered once is not
+    registered again by a later run that reuses it; that run gets the existing version.
+    Returns `models:/<name>/<version>`, the URI that `mlflow models serve -m` takes.
+    """
+    from importlib import metadata
+
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    from pipeline import mlflow_model
+
+    client = mlflow.MlflowClient()
+    for version in client.search_model_versions(f"name = '{name}'"):
+        if version.tags.get("export_key") == key:
+            log.info("export already registered as models:/%s/%s", name, version.version)
+            return f"models:/{name}/{version.version}"
+    if task == "lm":
+        defaults = mlflow_model.GENERATION_DEFAULTS
+        signature = ModelSignature(
+            inputs=Schema([ColSpec("string", "prompt")]),
+            params=ParamSchema([ParamSpec("max_tokens", "long", defaults["max_tokens"]),
+                                ParamSpec("temperature", "double", defaults["temperature"]),
+                                ParamSpec("top_k", "long", defaults["top_k"]),
+                                ParamSpec("seed", "long", defaults["seed"])]))
+    else:
+        signature = ModelSignature(inputs=Schema([ColSpec("string", "text")]))
+    requirements = [f"{package}=={metadata.version(package)}"
+                    for package in ("tensorflow", "tensorflow-text", "pandas")]
+    info = mlflow.pyfunc.log_model(
+        name="model", python_model=mlflow_model.__file__, artifacts={"saved_model": str(path)},
+        signature=signature, pip_requirements=requirements, registered_model_name=name)
+    version = info.registered_model_version
+    client.set_model_version_tag(name, str(version), "export_key", key)
+    client.set_model_version_tag(name, str(version), "export_path", str(path))
+    return f"models:/{name}/{version}"
+
+
 def log_text(text: str, artifact_file: str) -> None:
     if active():
         mlflow.log_text(text, artifact_file)

@@ -9,6 +9,7 @@ module, imported into conftest.py so every module can ask for it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -80,6 +81,29 @@ def start_mlflow_server(root: Path, timeout: float = 60.0) -> MLflowServer:
         stop_process_group(process)
         raise
     return MLflowServer(url, process, root)
+
+
+@contextlib.contextmanager
+def serve_model(model_uri: str, tracking_uri: str, root: Path, timeout: float = 120.0) -> Iterator[str]:
+    """`mlflow models serve -m model_uri --env-manager local` on a free loopback port; yields its URL.
+
+    The scoring server runs `uvicorn` by name, so this interpreter's bin folder leads PATH.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
+               "--host", HOST, "--port", str(port), "--workers", "1"]
+    env = child_env(tracking_uri, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    log_path = root / f"serve-{port}.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://{HOST}:{port}"
+    try:
+        wait_for_health(url, process, log_path, timeout)
+        yield url
+    finally:
+        stop_process_group(process)
 
 
 def wait_for_health(url: str, process: subprocess.Popen, log_path: Path, timeout: float) -> None:

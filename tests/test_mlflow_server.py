@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import NamedTuple
 
@@ -22,12 +23,13 @@ from mlflow.entities import Run
 
 from pipeline.config import load_config
 
-from .conftest import tiny_overrides, write_label_text
-from .mlflow_servers import MLflowServer, child_env
+from .conftest import lm_overrides, tiny_overrides, write_corpus, write_label_text
+from .mlflow_servers import MLflowServer, child_env, serve_model
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENT = "server"
 UNITS = (8, 16)  # one run per value: different settings, so different run names
+REGISTERED_UNITS, SENTIMENT_MODEL, LM_MODEL = 16, "tiny-sentiment", "tiny-lm"
 STAGES = ["prepare", "tokenize", "train", "evaluate", "export"]
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 # On a closed network Chromium hangs waiting for sign-in, updates and QUIC probes unless told not to try;
@@ -60,6 +62,8 @@ def logged_runs(mlflow_server, tmp_path_factory) -> LoggedRuns:
              "validation": write_label_text(root / "dev.txt", 20, seed=2)}
     for units in UNITS:
         overrides = [*tiny_overrides(files, root), f"model.units={units}"]
+        if units == REGISTERED_UNITS:
+            overrides.append(f"export.register_as={SENTIMENT_MODEL}")
         done = pipeline_command(mlflow_server.url, "run", "--workdir", str(root / f"work-{units}"),
                                 "--experiment", EXPERIMENT, *[a for o in overrides for a in ("--set", o)], cwd=root)
         assert done.returncode == 0, done.stderr[-3000:]
@@ -105,8 +109,10 @@ def test_artifacts_go_through_the_server(logged_runs, tmp_path):
                                                                dst_path=str(out), tracking_uri=url))
         assert json.loads((saved_model / "pipeline.json").read_text(encoding="utf-8"))["task"] == "sentiment"
         assert (saved_model / "saved_model.pb").stat().st_size > 0
-    stored = logged_runs.server.root / "artifacts"
-    assert len(list(stored.rglob("saved_model.pb"))) == len(UNITS), "the server stores what clients upload"
+    stored = logged_runs.server.root / "artifacts" / logged_runs.experiment_id
+    exports = list(stored.glob("*/artifacts/saved_model/saved_model.pb"))
+    assert len(exports) == len(UNITS), "the server stores what clients upload"
+    assert len(list(stored.glob("models/*/artifacts/artifacts/*/saved_model.pb"))) == 1, "and the registered model"
 
 
 def test_saved_model_from_the_server_classifies_like_the_export(logged_runs, tmp_path):
@@ -120,6 +126,53 @@ def test_saved_model_from_the_server_classifies_like_the_export(logged_runs, tmp
     texts = ["a great and moving film", "a dull and boring mess"]
     expected = predict.classify(parent.data.tags["export_path"], texts)
     assert predict.classify(downloaded, texts) == expected
+
+
+def _invoke(url: str, payload: dict) -> list[dict]:
+    request = urllib.request.Request(f"{url}/invocations", data=json.dumps(payload).encode("utf-8"),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())["predictions"]
+
+
+def test_registered_sentiment_model_is_served_from_raw_text(logged_runs, tmp_path):
+    from pipeline import predict
+
+    client = mlflow.MlflowClient(tracking_uri=logged_runs.server.url)
+    version = client.get_model_version(SENTIMENT_MODEL, "1")
+    parent = logged_runs.parents[REGISTERED_UNITS]
+    export_run = next(r for r in logged_runs.runs
+                      if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id and r.info.run_name == "export")
+    assert export_run.data.tags["registered_model"] == f"models:/{SENTIMENT_MODEL}/1"
+    assert version.run_id == export_run.info.run_id
+    texts = ["a great and moving film", "a dull and boring mess", "i loved it , truly great"]
+    with serve_model(f"models:/{SENTIMENT_MODEL}/1", logged_runs.server.url, tmp_path) as url:
+        predictions = _invoke(url, {"dataframe_split": {"columns": ["text"], "data": [[t] for t in texts]}})
+    assert len(predictions) == len(texts)
+    expected = predict.classify(parent.data.tags["export_path"], texts)
+    for served, local in zip(predictions, expected, strict=True):
+        assert set(served) == {"label", "probabilities"} and served["label"] == local["label"]
+        assert served["probabilities"] == pytest.approx(local["probabilities"], abs=1e-6)
+        assert sum(served["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_registered_language_model_is_served_from_raw_prompts(mlflow_server, tmp_path):
+    from pipeline import predict
+
+    corpus = write_corpus(tmp_path / "corpus.txt")
+    overrides = [*lm_overrides(corpus, tmp_path), f"export.register_as={LM_MODEL}"]
+    done = pipeline_command(mlflow_server.url, "run", "--workdir", str(tmp_path / "work"), "--experiment", "lm",
+                            *[a for o in overrides for a in ("--set", o)], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    version = mlflow.MlflowClient(tracking_uri=mlflow_server.url).get_model_version(LM_MODEL, "1")
+    prompts = ["ROMEO:", ""]
+    settings = {"max_tokens": 12, "temperature": 0.9, "top_k": 5, "seed": 3}
+    with serve_model(f"models:/{LM_MODEL}/1", mlflow_server.url, tmp_path) as url:
+        predictions = _invoke(url, {"dataframe_split": {"columns": ["prompt"], "data": [[p] for p in prompts]},
+                                    "params": settings})
+    expected, _ = predict.generate(version.tags["export_path"], prompts, **settings)
+    assert [p["text"] for p in predictions] == expected
+    assert predictions[0]["text"].startswith("ROMEO:") and len(predictions[0]["text"]) > len("ROMEO:")
 
 
 def test_compare_lists_both_runs_with_test_accuracy(logged_runs, tmp_path):
