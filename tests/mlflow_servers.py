@@ -61,7 +61,6 @@ def start_mlflow_server(root: Path, timeout: float = 60.0) -> MLflowServer:
     HTTP, as a client on another machine would. Raises `RuntimeError` with the server's log if it
     exits or stays silent for `timeout` seconds; the server is stopped then.
     """
-    root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
                "--artifacts-destination", str(root / "artifacts"), "--host", HOST, "--port", str(port),
@@ -69,17 +68,7 @@ def start_mlflow_server(root: Path, timeout: float = 60.0) -> MLflowServer:
     # Job execution (GenAI judges and scorers) would add eight huey processes and a folder in
     # /dev/shm that is never removed; tracking, artifacts and the registry do not use it.
     env = child_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    log_path = root / "server.log"
-    with open(log_path, "wb") as log:
-        # A session of its own, so that stopping reaches uvicorn's worker as well as the mlflow CLI.
-        process = subprocess.Popen(command, cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://{HOST}:{port}"
-    try:
-        wait_for_health(url, process, log_path, timeout)
-    except BaseException:
-        stop_process_group(process)
-        raise
+    url, process = _launch(command, env, root, root / "server.log", port, timeout)
     return MLflowServer(url, process, root)
 
 
@@ -89,21 +78,35 @@ def serve_model(model_uri: str, tracking_uri: str, root: Path, timeout: float = 
 
     The scoring server runs `uvicorn` by name, so this interpreter's bin folder leads PATH.
     """
-    root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
                "--host", HOST, "--port", str(port), "--workers", "1"]
     env = child_env(tracking_uri, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    log_path = root / f"serve-{port}.log"
+    url, process = _launch(command, env, root, root / f"serve-{port}.log", port, timeout)
+    try:
+        yield url
+    finally:
+        stop_process_group(process)
+
+
+def _launch(command: list[str], env: dict[str, str], root: Path, log_path: Path, port: int,
+            timeout: float) -> tuple[str, subprocess.Popen]:
+    """Start a server process logging to `log_path` and return once it answers on `port`.
+
+    It gets a session of its own, so that stopping reaches uvicorn's workers as well as the
+    mlflow CLI; if it never answers, it is stopped and `RuntimeError` carries its log.
+    """
+    root.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://{HOST}:{port}"
     try:
         wait_for_health(url, process, log_path, timeout)
-        yield url
-    finally:
+    except BaseException:
         stop_process_group(process)
+        raise
+    return url, process
 
 
 def wait_for_health(url: str, process: subprocess.Popen, log_path: Path, timeout: float) -> None:
