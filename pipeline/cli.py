@@ -15,10 +15,10 @@ from pathlib import Path
 
 import click
 
+from pipeline.cache import STAGES
 from pipeline.config import load_config
 from pipeline.errors import Interrupted, PipelineError
 
-STAGES = ("prepare", "tokenize", "train", "evaluate", "export")
 STAGE_HELP = {
     "prepare": "Read the dataset (TFDS or local files) and write normalised splits.",
     "tokenize": "Train SentencePiece on the training split and encode every split.",
@@ -51,7 +51,10 @@ def common_options(command):
             from pipeline import tracking
 
             tracking.configure(tracking_uri, experiment)
-            return command(config=config, workdir=workdir, **kwargs)
+            from pipeline import signals
+
+            with signals.installed():
+                return command(config=config, workdir=workdir, **kwargs)
 
     return wrapper
 
@@ -79,9 +82,6 @@ def main(verbose: bool) -> None:
     Run all stages with `pipeline run --config configs/sst2_local.yaml`, or one at a time.
     """
     # Ctrl-C and SIGTERM unwind the stack like an exception, so runs are marked KILLED on the way.
-    from pipeline import signals
-
-    signals.install()
     if not verbose:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)

@@ -10,6 +10,7 @@ resumed into the run it was logging to.
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import tempfile
 from functools import lru_cache
@@ -42,11 +43,13 @@ def run_stage(stage: str, config: Config, workdir: str | Path, force: bool = Fal
         resumed = train.resumable_run(config, workdir)
         if resumed and force:
             train.discard_checkpoints(config, workdir)
-        elif resumed and tracking.run_exists(resumed.run.get("run_id", "")):
+        elif resumed and _same_parent(resumed.run) and tracking.run_exists(resumed.run.get("run_id", "")):
             resume_id = resumed.run["run_id"]
+        # Otherwise the training still resumes from its checkpoint, in a new run that gets the
+        # earlier epochs' metrics copied in (a run cannot move to another parent).
     if not tracking.active():  # a stage run on its own; `run_all` does this for the whole run
-        tracking.settle_stale_runs(config_lib.fingerprint(config), keep={resume_id})
-    with tracking.start_run(stage, tags=_stage_tags(stage, config), run_id=resume_id):
+        tracking.settle_stale_runs(config_lib.fingerprint(config), _where(workdir), keep={resume_id})
+    with tracking.start_run(stage, tags=_stage_tags(stage, config, workdir), run_id=resume_id):
         if resume_id is None:
             log_config(config)
         log.info("== %s: %s (key %s)", stage, "resuming" if resume_id else "running", cache.stage_keys(config)[stage])
@@ -65,17 +68,24 @@ def run_all(config: Config, workdir: str | Path, force: str | None = None) -> di
     fingerprint = config_lib.fingerprint(config)
     resumed = train.resumable_run(config, workdir) if first_forced > STAGES.index("train") else None
     parent_id = resumed.run.get("parent_run_id") if resumed else None
-    if parent_id and not tracking.run_exists(parent_id):
+    # Under `mlflow run` the parent is the run it made (MLFLOW_RUN_ID), never an earlier one.
+    if parent_id and ("MLFLOW_RUN_ID" in os.environ or not tracking.run_exists(parent_id)):
         parent_id = None
-    tracking.settle_stale_runs(fingerprint, keep={parent_id, resumed.run.get("run_id") if resumed else None})
+    tracking.settle_stale_runs(fingerprint, _where(workdir),
+                               keep={parent_id, resumed.run.get("run_id") if resumed else None})
     results = {}
     name = f"{config_lib.run_name(config)}-{fingerprint}"
-    with tracking.start_run(name, tags=run_tags(config), run_id=parent_id):
+    with tracking.start_run(name, tags=run_tags(config, workdir), run_id=parent_id):
         if parent_id is None:
             log_config(config)
         else:
             log.info("resuming MLflow run %s", parent_id)
         for index, stage in enumerate(STAGES):
+            if parent_id and index < first_forced and tracking.finished_child(parent_id, stage):
+                # A resumed parent run already holds this stage's run.
+                log.info("== %s: done earlier in this run", stage)
+                results[stage] = MODULES[stage].load(config, workdir)
+                continue
             results[stage] = run_stage(stage, config, workdir, force=index >= first_forced)
         # What the UI's run table should show without opening the child runs.
         tracking.log_metrics(results["evaluate"].metrics)
@@ -91,16 +101,17 @@ def finished_output(stage: str, config: Config, workdir: str | Path) -> Path | N
     return path if is_finished(path) else None
 
 
+def _same_parent(run: dict[str, str]) -> bool:
+    """Whether a checkpoint's train run sits under the parent run now active (or both have none)."""
+    return run.get("parent_run_id") == (tracking.run_reference().get("run_id") if tracking.active() else None)
+
+
 def _reuse(stage: str, config: Config, workdir: str | Path, output: Path) -> Any:
     """Read a finished stage's result, and record the reuse in a `cache_hit` run."""
     made_by = producer(output)
     result = MODULES[stage].load(config, workdir)
-    parent = tracking.run_reference().get("run_id")
-    if parent and made_by.get("parent_run_id") == parent:
-        # A resumed parent run already holds the run that made this output.
-        log.info("== %s: done earlier in this run (%s)", stage, output)
-        return result
-    tags = {**_stage_tags(stage, config), "cache_hit": "true", "cache_source_run_id": made_by.get("run_id", "")}
+    tags = {**_stage_tags(stage, config, workdir), "cache_hit": "true",
+            "cache_source_run_id": made_by.get("run_id", "")}
     with tracking.start_run(stage, tags=tags):
         log_config(config)
         tracking.note_reuse(output, made_by)
@@ -110,7 +121,7 @@ def _reuse(stage: str, config: Config, workdir: str | Path, output: Path) -> Any
     return result
 
 
-def run_tags(config: Config) -> dict[str, str]:
+def run_tags(config: Config, workdir: str | Path) -> dict[str, str]:
     """Tags that let the MLflow UI filter and group runs, and tell where a run came from."""
     return {
         "task": config.task,
@@ -120,11 +131,16 @@ def run_tags(config: Config) -> dict[str, str]:
         "device": "gpu" if models.gpu_visible() else "cpu",
         **versions(),
         **tracking.process_tags(),
+        "pipeline.workdir": _where(workdir),
     }
 
 
-def _stage_tags(stage: str, config: Config) -> dict[str, str]:
-    return {**run_tags(config), "stage": stage, "stage_key": cache.stage_keys(config)[stage]}
+def _where(workdir: str | Path) -> str:
+    return str(Path(workdir).resolve())
+
+
+def _stage_tags(stage: str, config: Config, workdir: str | Path) -> dict[str, str]:
+    return {**run_tags(config, workdir), "stage": stage, "stage_key": cache.stage_keys(config)[stage]}
 
 
 @lru_cache(maxsize=1)

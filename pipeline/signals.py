@@ -20,10 +20,16 @@ _deferring = False
 _pending: int | None = None
 
 
-def install() -> None:
-    """Route SIGINT and SIGTERM through `_handle` (main thread only, as Python requires)."""
-    signal.signal(signal.SIGINT, _handle)
-    signal.signal(signal.SIGTERM, _handle)
+@contextlib.contextmanager
+def installed() -> Iterator[None]:
+    """Route SIGINT and SIGTERM through `_handle` for the block (main thread only, as Python
+    requires), then put the previous handlers back."""
+    previous = {sig: signal.signal(sig, _handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _handle(signum, frame):

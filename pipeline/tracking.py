@@ -102,23 +102,26 @@ def process_tags() -> dict[str, str]:
     return {"pipeline.host": socket.gethostname(), "pipeline.pid": str(os.getpid())}
 
 
-def settle_stale_runs(config_fingerprint: str, keep: set[str]) -> list[str]:
-    """Mark KILLED the runs of this config that a crashed process left RUNNING; return their ids.
+def settle_stale_runs(config_fingerprint: str, workdir: str, keep: set[str | None]) -> list[str]:
+    """Mark KILLED the runs of this config and work folder that a crashed process on this host
+    left RUNNING; return their ids.
 
-    Runs in `keep` (the ones about to be resumed) are left alone. A run whose process is still
-    alive on this host means the same config is running now, which is an error: both would
-    write the same work folders.
+    Runs in `keep` (the ones about to be resumed) are left alone, and so are other hosts' runs,
+    whose processes cannot be checked from here. A run whose process is still alive means the
+    same config is running in the same work folder now, which is an error: both would write the
+    same files.
     """
     found = mlflow.search_runs(
-        filter_string=f"tags.config_fingerprint = '{config_fingerprint}' and attributes.status = 'RUNNING'",
+        filter_string=(f"tags.config_fingerprint = '{config_fingerprint}' and attributes.status = 'RUNNING' "
+                       f"and tags.`pipeline.host` = '{socket.gethostname()}'"),
         output_format="list", search_all_experiments=True)
     settled = []
     for run in found:
-        if run.info.run_id in keep:
-            continue
         tags = run.data.tags
+        if run.info.run_id in keep or tags.get("pipeline.workdir", workdir) != workdir:
+            continue
         pid = int(tags.get("pipeline.pid", "0") or 0)
-        if tags.get("pipeline.host") == socket.gethostname() and pid != os.getpid() and _is_pipeline_process(pid):
+        if pid != os.getpid() and _is_pipeline_process(pid):
             raise TrackingError(
                 f"run {run.info.run_id} of this config is still running (pid {pid}); wait for it to end, "
                 f"or stop it (kill {pid}) and run again to resume it")
@@ -141,6 +144,15 @@ def _is_pipeline_process(pid: int) -> bool:
             return False
         return True
     return b"pipeline" in cmdline
+
+
+def finished_child(parent_id: str, stage: str) -> bool:
+    """Whether the run `parent_id` has a FINISHED nested run for `stage`."""
+    found = mlflow.search_runs(
+        filter_string=(f"tags.mlflow.parentRunId = '{parent_id}' and tags.stage = '{stage}' "
+                       "and attributes.status = 'FINISHED'"),
+        output_format="list", search_all_experiments=True, max_results=1)
+    return bool(found)
 
 
 def run_exists(run_id: str) -> bool:
@@ -273,8 +285,9 @@ class EpochMetricsCallback(MlflowCallback):
         pass
 
     def on_epoch_end(self, epoch, logs=None):
-        # Synchronous, so that a step is in MLflow before the next epoch starts.
-        if logs and active():
+        # Synchronous, so that a step is in MLflow before the next epoch starts. An epoch whose
+        # loss is not finite has no checkpoint either; a re-run starts before it, and logs it then.
+        if logs and active() and math.isfinite(float(logs.get("loss", 0.0))):
             mlflow.log_metrics({k: float(v) for k, v in logs.items()}, step=epoch, synchronous=True)
 
     def on_train_end(self, logs=None):

@@ -32,7 +32,7 @@ from pipeline import checkpoints, data, models, signals, tracking
 from pipeline.config import Config
 from pipeline.errors import TrainingError
 from pipeline.tokenize import load_split
-from pipeline.workdir import require_stage, stage_dir, stage_output
+from pipeline.workdir import is_finished, require_stage, stage_dir, stage_output
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,8 @@ def run(config: Config, workdir: str | Path) -> TrainResult:
         metrics=["accuracy"],
     )
     kernel = _report_kernels(model)
-    tracking.log_metrics({k: v for k, v in extra.items() if k == "padding_fraction"})
+    if not resumed and "padding_fraction" in extra:
+        tracking.log_metrics({"padding_fraction": extra["padding_fraction"]})
 
     early_stopping = checkpoints.ResumableEarlyStopping(
         resumed, monitor="val_loss", patience=config.train.patience, restore_best_weights=True)
@@ -113,8 +114,16 @@ def partial_dir(config: Config, workdir: str | Path) -> Path:
 
 
 def resumable_run(config: Config, workdir: str | Path) -> checkpoints.Checkpoint | None:
-    """The last checkpoint of an interrupted training of this config, if there is one."""
-    return checkpoints.Store(partial_dir(config, workdir)).latest()
+    """The last checkpoint of an interrupted training of this config, if there is one.
+
+    Checkpoints beside a finished output are left over from a process stopped while deleting
+    them; they are deleted now.
+    """
+    store = checkpoints.Store(partial_dir(config, workdir))
+    if is_finished(stage_dir(config, workdir, "train")):
+        store.remove()
+        return None
+    return store.latest()
 
 
 def discard_checkpoints(config: Config, workdir: str | Path) -> None:

@@ -130,8 +130,8 @@ def wait_for_health(url: str, process: subprocess.Popen, log_path: Path, timeout
 def stop_process_group(process: subprocess.Popen, timeout: float = 20.0) -> None:
     """SIGTERM the group that `process` leads (started with `start_new_session=True`), then SIGKILL
     whatever is still there after `timeout` seconds."""
-    if process.returncode is not None:
-        return  # stopped and reaped already; its group id may belong to someone else by now
+    # The group outlives a reaped leader while its workers run, and its id cannot be reused
+    # before the last member is gone, so the group is signalled even then.
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(process.pid, sig)

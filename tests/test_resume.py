@@ -7,8 +7,8 @@ test ample time to act before training ends.
 
 from __future__ import annotations
 
-import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from pipeline import models, prepare, runner, tokenize, tracking, train
+from pipeline.cache import STAGES
 from pipeline.config import load_config
 from pipeline.errors import TrainingError
 from pipeline.workdir import stage_dir
@@ -70,20 +71,26 @@ def test_kill_9_then_same_command_resumes_into_the_same_run_with_identical_weigh
     config = load_config(None, slow_epochs)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     command = _command(slow_epochs, tmp_path / "work", uri)
+    # An earlier run with other epochs: the killed run then reuses its prepare and tokenize.
+    earlier = subprocess.run([*command, "--set", "train.epochs=1"], capture_output=True, text=True, timeout=600)
+    assert earlier.returncode == 0, earlier.stderr[-3000:]
     killed = _start_and_stop_after_epoch_one(command, train.partial_dir(config, tmp_path / "work"), signal.SIGKILL)
     assert killed.returncode == -signal.SIGKILL
-    assert {r.info.status for r in _runs(uri) if r.info.run_name == "train"} == {"RUNNING"}
+    assert [r.info.status for r in _runs(uri) if r.info.run_name == "train"
+            and r.data.params["train.epochs"] == "3"] == ["RUNNING"]
 
     resumed = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming training after epoch" in resumed.stderr
 
-    runs = _runs(uri)
+    runs = [r for r in _runs(uri) if r.data.params.get("train.epochs") == "3"]
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    trains = [r for r in runs if r.info.run_name == "train"]
-    assert len(trains) == 1 and trains[0].info.status == "FINISHED"
-    assert trains[0].data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert sorted(r.info.run_name for r in children) == sorted(STAGES), "one run per stage, none repeated"
+    assert {r.info.status for r in children} == {"FINISHED"}
+    assert {r.info.run_name for r in children if r.data.tags.get("cache_hit")} == {"prepare", "tokenize"}
+    trains = [r for r in children if r.info.run_name == "train"]
     client = mlflow.MlflowClient(tracking_uri=uri)
     for metric in ("loss", "val_loss", "val_accuracy"):
         steps = sorted(m.step for m in client.get_metric_history(trains[0].info.run_id, metric))
@@ -100,7 +107,7 @@ def test_kill_9_then_same_command_resumes_into_the_same_run_with_identical_weigh
 
 
 def _val_losses(uri: str) -> list[tuple[int, float]]:
-    run = next(r for r in _runs(uri) if r.info.run_name == "train")
+    run = next(r for r in _runs(uri) if r.info.run_name == "train" and r.data.params["train.epochs"] == "3")
     history = mlflow.MlflowClient(tracking_uri=uri).get_metric_history(run.info.run_id, "val_loss")
     return sorted((m.step, m.value) for m in history)
 
@@ -153,10 +160,16 @@ def test_two_deterministic_trainings_give_identical_weights_and_metrics(sentimen
 
 def test_a_run_left_running_by_a_dead_process_is_marked_killed():
     tracking.configure(None, "stale")
-    tags = {"config_fingerprint": "abc123", "pipeline.host": os.uname().nodename, "pipeline.pid": "999999999"}
-    with mlflow.start_run(tags=tags) as run:
-        pass
-    mlflow.MlflowClient().update_run(run.info.run_id, status="RUNNING")
-    assert tracking.settle_stale_runs("abc123", keep=set()) == [run.info.run_id]
-    assert mlflow.get_run(run.info.run_id).info.status == "KILLED"
+    tags = {"config_fingerprint": "abc123", "pipeline.host": socket.gethostname(), "pipeline.pid": "999999999",
+            "pipeline.workdir": "/work/a"}
+    runs = {}
+    for name, changed in [("stale", {}), ("other host", {"pipeline.host": "elsewhere"}),
+                          ("other workdir", {"pipeline.workdir": "/work/b"})]:
+        with mlflow.start_run(run_name=name, tags={**tags, **changed}) as run:
+            pass
+        mlflow.MlflowClient().update_run(run.info.run_id, status="RUNNING")
+        runs[name] = run.info.run_id
+    assert tracking.settle_stale_runs("abc123", "/work/a", keep=set()) == [runs["stale"]]
+    statuses = {name: mlflow.get_run(run_id).info.status for name, run_id in runs.items()}
+    assert statuses == {"stale": "KILLED", "other host": "RUNNING", "other workdir": "RUNNING"}
 
