@@ -59,8 +59,15 @@ def classification_dataset(
         # A fresh, equally seeded shuffle per epoch: batch order changes with the epoch's contents only.
         return ds.shuffle(batches, seed=seed + 1, reshuffle_each_iteration=False)
 
-    epoch_numbers = tf.data.Dataset.from_tensor_slices(np.array(list(epochs), dtype=np.int64))
-    return epoch_numbers.flat_map(one_epoch).prefetch(AUTOTUNE)
+    return _epochs(epochs, one_epoch, batches).prefetch(AUTOTUNE)
+
+
+def _epochs(epochs: range, one_epoch, batches_per_epoch: int) -> tf.data.Dataset:
+    """`one_epoch(epoch)` for every epoch in `epochs`, back to back, with the batch count stated
+    (flat_map hides it), so Keras knows each pass's length."""
+    numbers = tf.data.Dataset.from_tensor_slices(np.array(list(epochs), dtype=np.int64))
+    total = batches_per_epoch * len(epochs)
+    return numbers.flat_map(one_epoch).apply(tf.data.experimental.assert_cardinality(total))
 
 
 def _epoch_seed(seed: int, epoch: tf.Tensor) -> tf.Tensor:
@@ -147,7 +154,7 @@ def lm_dataset(
             # Batched within the epoch, so no batch straddles two epochs.
             return tf.data.Dataset.from_tensor_slices(tf.gather(windows, order)).batch(batch_size)
 
-        ds = tf.data.Dataset.from_tensor_slices(np.array(list(epochs), dtype=np.int64)).flat_map(one_epoch)
+        ds = _epochs(epochs, one_epoch, lm_batch_count(len(stream), sequence_length, batch_size))
     else:
         ds = tf.data.Dataset.from_tensor_slices(windows).batch(batch_size)
     ds = ds.map(lambda w: (w[:, :-1], w[:, 1:]), num_parallel_calls=AUTOTUNE)

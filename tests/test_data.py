@@ -49,8 +49,9 @@ def test_each_epoch_has_its_own_order_fixed_by_seed_and_epoch(arrays):
     def order(dataset):
         return [label for _, labels in dataset for label in labels.numpy().tolist()]
 
-    two_epochs = order(data.classification_dataset(arrays, 16, boundaries=[10, 20], shuffle=True, seed=1,
-                                                   epochs=range(2)))
+    dataset = data.classification_dataset(arrays, 16, boundaries=[10, 20], shuffle=True, seed=1, epochs=range(2))
+    assert dataset.cardinality() == 2 * data.bucketed_batch_count(arrays["lengths"], [10, 20], 16)
+    two_epochs = order(dataset)
     first, second = two_epochs[:203], two_epochs[203:]
     assert sorted(first) == sorted(second) == list(range(203)) and first != second
     # A training resumed at epoch 1 builds its dataset anew and sees the same epoch-1 order.
@@ -73,6 +74,7 @@ def test_lm_epochs_have_their_own_order_fixed_by_seed_and_epoch():
     batches = data.lm_dataset(stream, 4, batch_size=5, shuffle=True, seed=3, epochs=range(2))
     assert [len(inputs) for inputs, _ in batches] == 2 * ([5] * 9 + [4]), "no batch straddles two epochs"
     assert starts(range(1, 2)) == both[49:]
+    assert data.lm_dataset(stream, 4, batch_size=5, shuffle=True, seed=3, epochs=range(2)).cardinality() == 20
     assert data.lm_batch_count(200, 4, 5) == 10
 
 
