@@ -35,6 +35,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from pipeline import data, models, tokenizer  # noqa: E402
+from pipeline.config import TrainConfig  # noqa: E402
 from pipeline.readers import read_local  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,7 +52,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=4, help="epochs per side; the first is discarded")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--vocab-size", type=int, default=8000)
-    parser.add_argument("--buckets", type=int, default=5)
+    parser.add_argument("--buckets", type=int, default=TrainConfig.buckets, help="length buckets (pipeline default)")
     parser.add_argument("--lm-steps", type=int, default=20, help="LM training steps timed (after 3 warm-up steps)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     return parser.parse_args()
@@ -258,7 +259,7 @@ def print_table(results: dict, args: argparse.Namespace) -> None:
     print(f"token cache: loads in {results['token_cache_load_seconds'] * 1000:.1f} ms; "
           f"re-tokenizing in Python takes {results['python_tokenize_seconds'] * 1000:.0f} ms per epoch")
     print(f"\nreproduce: python benchmarks/throughput.py --data {args.data} --rounds {args.rounds}"
-          f" --batch-size {args.batch_size}")
+          f" --batch-size {args.batch_size} --buckets {args.buckets}")
 
 
 if __name__ == "__main__":

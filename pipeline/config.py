@@ -107,7 +107,7 @@ class TrainConfig:
     sequence_length: int = 128
     seed: int = 42
     patience: int = 2
-    buckets: int = 5
+    buckets: int = 32
     mixed_precision: Literal["auto", "on", "off"] = "auto"
     deterministic: bool = False
     # Language models: each epoch, samples from "" and this prompt are logged to MLflow.

@@ -1,8 +1,8 @@
 """tf.data input pipelines over the token arrays written by the tokenize stage.
 
-Classifier batches are grouped by length (`bucket_by_sequence_length`, boundaries from the
-training split's length quantiles), so a batch pads to its own longest row instead of the
-corpus's, and every row is right-padded with id 0 behind its BOS. Language-model batches are
+Classifier batches are grouped by length (buckets bounded by the training split's length
+quantiles), so a batch pads to its own longest row instead of the corpus's, and every row is
+right-padded with id 0 behind its BOS. Language-model batches are
 windows cut from the token stream: no padding at all.
 """
 
@@ -34,30 +34,48 @@ def classification_dataset(
     seed: int = 0,
     epochs: range = range(1),
 ) -> tf.data.Dataset:
-    """Batches of `(ids [batch, time], labels [batch])`, bucketed by length and right-padded.
+    """Batches of `(ids [batch, time], labels [batch])`, grouped by length and right-padded.
+
+    Examples are ordered by length bucket and cut into consecutive batches, so a batch holds one
+    bucket's rows, or two neighbouring buckets' where one runs out. Only the epoch's last batch
+    is partial: `tf.data`'s `bucket_by_sequence_length` leaves a partial batch per bucket, and on
+    a CPU a half-full batch costs as much per time step as a full one.
 
     Args:
         arrays: `ids`, `lengths`, `labels` as written by the tokenize stage.
         boundaries: from `bucket_boundaries` on the training lengths; `[]` pads each batch to
             its longest row without grouping.
-        shuffle: without it, one pass in file order. With it, the batches of every epoch in
-            `epochs`, back to back (`bucketed_batch_count` batches each): examples are shuffled
-            before bucketing (within buckets) and batches after it (across buckets), in an order
-            that depends only on `seed` and the epoch number, so a training resumed at epoch k
-            sees exactly what an uninterrupted one would. Nothing is dropped: a bucket's last
-            partial batch is kept.
+        shuffle: without it, one pass ordered by bucket (file order within a bucket). With it,
+            the batches of every epoch in `epochs`, back to back (`batch_count` each): examples
+            are shuffled before grouping (within buckets) and batches after it (across buckets),
+            in an order that depends only on `seed` and the epoch number, so a training resumed
+            at epoch k sees exactly what an uninterrupted one would. Nothing is dropped.
     """
     count = len(arrays["lengths"])
-    batches = bucketed_batch_count(arrays["lengths"], boundaries, batch_size)
-    examples = _examples(arrays)
+    batches = batch_count(count, batch_size)
+    sequences = _sequences(arrays)
+    labels = tf.constant(arrays["labels"] if "labels" in arrays else np.zeros(count), dtype=tf.int32)
+    buckets = tf.constant(np.searchsorted(np.array(boundaries, dtype=np.int64), arrays["lengths"], side="right"))
+
+    def grouped(order):
+        # A stable sort keeps the order within each bucket.
+        return tf.gather(order, tf.argsort(tf.gather(buckets, order), stable=True))
+
+    def batch(rows):
+        return tf.gather(sequences, rows).to_tensor(0), tf.gather(labels, rows)
+
     if not shuffle:
-        return _bucketed(tf.data.Dataset.range(count).map(examples), boundaries, batch_size, batches).prefetch(AUTOTUNE)
+        rows = grouped(tf.range(count, dtype=tf.int64))
+        ds = tf.data.Dataset.from_tensor_slices(rows).batch(batch_size)
+        return ds.map(batch, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
 
     def one_epoch(epoch):
-        order = tf.random.experimental.stateless_shuffle(tf.range(count, dtype=tf.int64), seed=_epoch_seed(seed, epoch))
-        ds = _bucketed(tf.data.Dataset.from_tensor_slices(order).map(examples), boundaries, batch_size, batches)
-        # A fresh, equally seeded shuffle per epoch: batch order changes with the epoch's contents only.
-        return ds.shuffle(batches, seed=seed + 1, reshuffle_each_iteration=False)
+        rows = grouped(tf.random.experimental.stateless_shuffle(tf.range(count, dtype=tf.int64),
+                                                                seed=_epoch_seed(seed, epoch)))
+        starts = tf.random.experimental.stateless_shuffle(tf.range(0, count, batch_size, dtype=tf.int64),
+                                                          seed=_epoch_seed(seed + 1, epoch))
+        return tf.data.Dataset.from_tensor_slices(starts).map(lambda start: batch(rows[start:start + batch_size]),
+                                                              num_parallel_calls=AUTOTUNE)
 
     return _epochs(epochs, one_epoch, batches).prefetch(AUTOTUNE)
 
@@ -74,43 +92,23 @@ def _epoch_seed(seed: int, epoch: tf.Tensor) -> tf.Tensor:
     return tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)])
 
 
-def _bucketed(examples: tf.data.Dataset, boundaries: list[int], batch_size: int, batches: int) -> tf.data.Dataset:
-    ds = examples.bucket_by_sequence_length(
-        element_length_func=lambda ids, label: tf.shape(ids)[0],
-        bucket_boundaries=boundaries,
-        bucket_batch_sizes=[batch_size] * (len(boundaries) + 1),
-        padded_shapes=([None], []),
-        padding_values=(0, 0),
-    )
-    # Bucketing hides the batch count from tf.data; stating it gives Keras a finite progress bar.
-    return ds.apply(tf.data.experimental.assert_cardinality(batches))
-
-
-def bucketed_batch_count(lengths: np.ndarray, boundaries: list[int], batch_size: int) -> int:
-    """How many batches bucketing yields: each bucket's examples, its last batch kept partial."""
-    buckets = np.searchsorted(np.array(boundaries, dtype=np.int64), lengths, side="right")
-    counts = np.bincount(buckets, minlength=len(boundaries) + 1)
-    return int(sum(-(-c // batch_size) for c in counts))
+def batch_count(examples: int, batch_size: int) -> int:
+    """Batches per epoch of `classification_dataset`: the last one kept partial."""
+    return -(-examples // batch_size)
 
 
 def ordered_batches(arrays: dict[str, np.ndarray], batch_size: int) -> tf.data.Dataset:
     """Batches of ids in file order, each right-padded to its own longest row (for predict)."""
-    example = _examples(arrays)
-    sequences = tf.data.Dataset.range(len(arrays["lengths"])).map(lambda i: example(i)[0])
-    return sequences.padded_batch(batch_size, padded_shapes=[None], padding_values=0).prefetch(AUTOTUNE)
+    sequences = _sequences(arrays)
+    rows = tf.data.Dataset.range(len(arrays["lengths"])).batch(batch_size)
+    batches = rows.map(lambda batch: tf.gather(sequences, batch).to_tensor(0), num_parallel_calls=AUTOTUNE)
+    return batches.prefetch(AUTOTUNE)
 
 
-def _examples(arrays: dict[str, np.ndarray]):
-    """A function from example index to `(ids, label)`, ids sliced out of the packed stream."""
-    ids = tf.constant(arrays["ids"], dtype=tf.int32)
-    lengths = tf.constant(arrays["lengths"], dtype=tf.int64)
-    starts = tf.constant(np.concatenate([[0], np.cumsum(arrays["lengths"])[:-1]]), dtype=tf.int64)
-    labels = tf.constant(arrays["labels"] if "labels" in arrays else np.zeros(len(arrays["lengths"])), dtype=tf.int32)
-
-    def example(index):
-        return ids[starts[index]:starts[index] + lengths[index]], labels[index]
-
-    return example
+def _sequences(arrays: dict[str, np.ndarray]) -> tf.RaggedTensor:
+    """The packed id stream as one ragged row per example; gathering rows and `to_tensor(0)`
+    gives a right-padded batch."""
+    return tf.RaggedTensor.from_row_lengths(arrays["ids"].astype(np.int32), arrays["lengths"].astype(np.int64))
 
 
 def padding_fraction(dataset: tf.data.Dataset) -> float:

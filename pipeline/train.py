@@ -160,7 +160,7 @@ def _datasets(config: Config, tokenized: Path, prepared: Path, first_epoch: int)
     val_ds = data.classification_dataset(val, t.batch_size, boundaries=boundaries, shuffle=False)
     one_epoch = data.classification_dataset(train, t.batch_size, boundaries=boundaries, shuffle=True, seed=t.seed)
     extra = {"labels": labels, "boundaries": boundaries, "padding_fraction": data.padding_fraction(one_epoch),
-             "steps_per_epoch": data.bucketed_batch_count(train["lengths"], boundaries, t.batch_size)}
+             "steps_per_epoch": data.batch_count(len(train["lengths"]), t.batch_size)}
     log.info("length buckets %s; %.1f%% of train positions are padding", boundaries, 100 * extra["padding_fraction"])
     return train_ds, val_ds, extra
 

@@ -35,7 +35,9 @@ def test_batches_are_right_padded_complete_and_never_empty(arrays, buckets):
         assert (lengths == arrays["lengths"][labels.numpy()]).all(), "rows keep their own tokens"
         seen += labels.numpy().tolist()
     assert sorted(seen) == list(range(203)), "nothing dropped, nothing repeated"
-    assert len(list(dataset)) == data.bucketed_batch_count(arrays["lengths"], boundaries, 16)
+    batches = list(dataset)
+    assert len(batches) == data.batch_count(203, 16) == 13
+    assert [len(labels) for _, labels in batches].count(16) == 12, "only one batch is partial"
 
 
 def test_bucketing_cuts_padding(arrays):
@@ -50,7 +52,7 @@ def test_each_epoch_has_its_own_order_fixed_by_seed_and_epoch(arrays):
         return [label for _, labels in dataset for label in labels.numpy().tolist()]
 
     dataset = data.classification_dataset(arrays, 16, boundaries=[10, 20], shuffle=True, seed=1, epochs=range(2))
-    assert dataset.cardinality() == 2 * data.bucketed_batch_count(arrays["lengths"], [10, 20], 16)
+    assert dataset.cardinality() == 2 * data.batch_count(203, 16)
     two_epochs = order(dataset)
     first, second = two_epochs[:203], two_epochs[203:]
     assert sorted(first) == sorted(second) == list(range(203)) and first != second
@@ -91,3 +93,11 @@ def test_lm_windows_align_inputs_and_targets():
     inputs, targets = next(iter(data.lm_dataset(stream, 3, batch_size=8, shuffle=False)))
     assert inputs.numpy().tolist() == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
     assert targets.numpy().tolist() == [[1, 2, 3], [4, 5, 6], [7, 8, 9]]
+
+
+def test_a_batch_holds_one_bucket_or_two_neighbouring_ones(arrays):
+    boundaries = [10, 20, 30]
+    for shuffle in (True, False):
+        for _, labels in data.classification_dataset(arrays, 16, boundaries=boundaries, shuffle=shuffle, seed=5):
+            buckets = np.searchsorted(boundaries, arrays["lengths"][labels.numpy()], side="right")
+            assert buckets.max() - buckets.min() <= 1
