@@ -8,13 +8,15 @@ depends on:
   - `best.npz`: the weights early stopping would restore;
   - `state.json`: epochs done, the metrics of every epoch so far, early stopping's counters,
     the state of every Keras random seed generator (dropout masks), and the MLflow run ids.
-The data order is the last piece: the training dataset is replayed for the epochs done (see
-`data.skip_epochs`). In deterministic mode a resumed training therefore ends with the same
-weights as one that was never interrupted.
+The data order is the last piece: each epoch's order is a function of the seed and the epoch
+number (see `data.classification_dataset`). With `train.ema_momentum`, `model.weights.h5` holds
+the weights being trained and the optimizer's state their moving average. In deterministic
+mode a resumed training therefore ends with the same weights as one that was never interrupted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -120,12 +122,37 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
             self.best_weights = self.resumed.best_weights()
 
 
+class AveragedWeights(keras.callbacks.SwapEMAWeights):
+    """Keras's `SwapEMAWeights(swap_on_epoch=True)`: from the end of each epoch to the start of
+    the next, the model holds the moving average of its weights (the optimizer's `use_ema`), so
+    validation, early stopping's best weights and the saved model are the averaged ones.
+
+    Placed first among the callbacks, so the others see the average at epoch end.
+    """
+
+    def __init__(self):
+        super().__init__(swap_on_epoch=True)
+
+    @contextlib.contextmanager
+    def trained_weights(self):
+        """The weights being trained, in the model for the duration (a checkpoint must hold
+        those, with the average in the optimizer, to resume exactly)."""
+        swapped = self._ema_weights_in_model
+        if swapped:
+            self._swap_variables()
+        try:
+            yield
+        finally:
+            if swapped:
+                self._swap_variables()
+
+
 class EpochCheckpoint(keras.callbacks.Callback):
     """Writes a checkpoint at the end of every epoch whose loss is finite."""
 
-    def __init__(self, store: Store, early_stopping: ResumableEarlyStopping):
+    def __init__(self, store: Store, early_stopping: ResumableEarlyStopping, averaged: AveragedWeights | None = None):
         super().__init__()
-        self.store, self.early_stopping = store, early_stopping
+        self.store, self.early_stopping, self.averaged = store, early_stopping, averaged
         resumed = early_stopping.resumed
         self.history = {k: list(v) for k, v in resumed.history.items()} if resumed else {}
 
@@ -143,7 +170,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
                                "best_epoch": es.best_epoch, "stopped": bool(self.model.stop_training)},
             "run": tracking.run_reference(),
         }
-        self.store.save(self.model, state, es.best_weights)
+        with self.averaged.trained_weights() if self.averaged else contextlib.nullcontext():
+            self.store.save(self.model, state, es.best_weights)
 
 
 def join_history(before: dict[str, list[float]], after: dict[str, list[float]]) -> dict[str, list[float]]:

@@ -108,6 +108,9 @@ class TrainConfig:
     seed: int = 42
     patience: int = 2
     buckets: int = 32
+    # Polyak averaging: with 0 < m < 1, validation, early stopping and the saved model use an
+    # exponential moving average of the weights, updated after every step with this momentum.
+    ema_momentum: float = 0.0
     mixed_precision: Literal["auto", "on", "off"] = "auto"
     deterministic: bool = False
     # Language models: each epoch, samples from "" and this prompt are logged to MLflow.
@@ -304,6 +307,7 @@ def _check_values(config: Config) -> None:
         "model.dropout": config.model.dropout,
         "model.embedding_dropout": config.model.embedding_dropout,
         "model.recurrent_dropout": config.model.recurrent_dropout,
+        "train.ema_momentum": config.train.ema_momentum,
     }
     for key, value in fractions.items():
         if not 0.0 <= value < 1.0:

@@ -62,7 +62,7 @@ def run(config: Config, workdir: str | Path) -> TrainResult:
     train_ds, val_ds, extra = _datasets(config, tokenized, prepared, first_epoch)
     model = models.build_model(config, vocab_size, len(extra.get("labels", [])))
     model.compile(
-        optimizer=keras.optimizers.Adam(config.train.learning_rate, clipnorm=1.0),
+        optimizer=keras.optimizers.Adam(config.train.learning_rate, clipnorm=1.0, **_averaging(config)),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=config.task == "lm"),
         metrics=["accuracy"],
     )
@@ -165,11 +165,21 @@ def _datasets(config: Config, tokenized: Path, prepared: Path, first_epoch: int)
     return train_ds, val_ds, extra
 
 
+def _averaging(config: Config) -> dict:
+    """Optimizer arguments for a moving average of the weights, when `train.ema_momentum` asks."""
+    momentum = config.train.ema_momentum
+    return {"use_ema": True, "ema_momentum": momentum, "ema_overwrite_frequency": None} if momentum else {}
+
+
 def _callbacks(config: Config, store: checkpoints.Store, early_stopping: keras.callbacks.EarlyStopping,
                extra: dict) -> list[keras.callbacks.Callback]:
     # Order matters: the checkpoint sees early stopping's state for the epoch, and metrics reach
     # MLflow only after the checkpoint is on disk, so a resumed run never logs an epoch twice.
-    callbacks = [early_stopping, checkpoints.EpochCheckpoint(store, early_stopping), keras.callbacks.TerminateOnNaN()]
+    averaged = checkpoints.AveragedWeights() if config.train.ema_momentum else None
+    callbacks = [early_stopping, checkpoints.EpochCheckpoint(store, early_stopping, averaged),
+                 keras.callbacks.TerminateOnNaN()]
+    if averaged:
+        callbacks.insert(0, averaged)  # first: the callbacks after it see the averaged weights
     if config.task == "lm":
         callbacks.insert(0, BitsPerCharacter(extra["validation_tokens"], extra["validation_characters"]))
         callbacks.append(SampleText(extra["tokenizer"], store.root / "samples", config.train.sample_prompt,

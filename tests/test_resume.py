@@ -67,7 +67,9 @@ def _weights(config, workdir: Path) -> list[np.ndarray]:
     return keras.saving.load_model(stage_dir(config, workdir, "train") / "model.keras").get_weights()
 
 
-def test_kill_9_then_same_command_resumes_into_the_same_run_with_identical_weights(slow_epochs, tmp_path):
+@pytest.mark.parametrize("averaging", [[], ["train.ema_momentum=0.9"]], ids=["plain", "weight-average"])
+def test_kill_9_then_same_command_resumes_into_the_same_run_with_identical_weights(slow_epochs, tmp_path, averaging):
+    slow_epochs = [*slow_epochs, *averaging]
     config = load_config(None, slow_epochs)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     command = _command(slow_epochs, tmp_path / "work", uri)

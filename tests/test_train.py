@@ -6,7 +6,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from pipeline import models, prepare, tokenize, tracking, train
+from pipeline import checkpoints, models, prepare, tokenize, tracking, train
 from pipeline.config import load_config
 from pipeline.workdir import stage_dir
 
@@ -62,3 +62,29 @@ def test_recurrent_dropout_is_reported_with_its_cost(sentiment_files, tmp_path, 
     tags = mlflow.get_run(run_id).data.tags
     assert tags["lstm_kernel"] == "generic"
     assert tags["lstm_kernel.forward_lstm_0"] == "recurrent_dropout=0.2"
+
+
+def test_weight_averaging_validates_the_average_and_checkpoints_the_trained_weights():
+    keras.utils.set_random_seed(0)
+    model = models.build_sentiment_lstm(40, 2, units=4, embedding_dim=4, layers=1)
+    model.compile(optimizer=keras.optimizers.Adam(0.05, use_ema=True, ema_momentum=0.9),
+                  loss="sparse_categorical_crossentropy")
+    averaged = checkpoints.AveragedWeights()
+    seen = {}
+
+    class Probe(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 0:
+                seen["epoch_end"] = model.get_weights()
+                with averaged.trained_weights():
+                    seen["trained"] = model.get_weights()
+                seen["after"] = model.get_weights()
+
+    x = np.random.default_rng(0).integers(1, 40, size=(64, 6)).astype("int32")
+    x[:, 0] = 2
+    y = (x[:, 1] > 20).astype("int32")
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[averaged, Probe()])
+    assert any(not np.allclose(a, b) for a, b in zip(seen["epoch_end"], seen["trained"], strict=True))
+    for a, b in zip(seen["epoch_end"], seen["after"], strict=True):
+        np.testing.assert_array_equal(a, b)
+
