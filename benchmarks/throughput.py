@@ -20,6 +20,8 @@ discarded and the medians of the rest are reported, in real (non-pad) tokens per
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import json
 import os
 import resource
@@ -88,6 +90,19 @@ def build_classifier(vocab_size: int) -> keras.Model:
     return model
 
 
+@contextlib.contextmanager
+def no_gc_pauses():
+    """Collect garbage first, then keep the cycle collector off while timing (as `timeit` does):
+    with two models' graphs alive, a full collection takes seconds, and would land in whichever
+    side happened to be running."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 class LoopTimer(keras.callbacks.Callback):
     """Seconds from the first batch of an epoch to its end."""
 
@@ -101,21 +116,23 @@ class LoopTimer(keras.callbacks.Callback):
 
 def baseline_epoch(model, sp, texts, labels, batch_size) -> dict:
     """Tutorial path: tokenize in Python, pad everything to the longest sequence, fit numpy."""
-    start = time.perf_counter()
-    ids = [[tokenizer.BOS_ID] + sp.encode(text) for text in texts]
-    x = keras.utils.pad_sequences(ids, padding="post", value=0)
-    prepared = time.perf_counter() - start
     timer = LoopTimer()
-    model.fit(x, labels, batch_size=batch_size, epochs=1, shuffle=True, verbose=0, callbacks=[timer])
+    with no_gc_pauses():
+        start = time.perf_counter()
+        ids = [[tokenizer.BOS_ID] + sp.encode(text) for text in texts]
+        x = keras.utils.pad_sequences(ids, padding="post", value=0)
+        prepared = time.perf_counter() - start
+        model.fit(x, labels, batch_size=batch_size, epochs=1, shuffle=True, verbose=0, callbacks=[timer])
     batches = -(-len(ids) // batch_size)
     return {"seconds": prepared + timer.seconds, "fit_wall_seconds": time.perf_counter() - start,
             "padded_per_batch": (x.size - int((x != 0).sum())) / batches}
 
 
 def pipeline_epoch(model, dataset) -> dict:
-    start = time.perf_counter()
     timer = LoopTimer()
-    model.fit(dataset, epochs=1, verbose=0, shuffle=False, callbacks=[timer])
+    with no_gc_pauses():
+        start = time.perf_counter()
+        model.fit(dataset, epochs=1, verbose=0, shuffle=False, callbacks=[timer])
     return {"seconds": timer.seconds, "fit_wall_seconds": time.perf_counter() - start}
 
 

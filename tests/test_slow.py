@@ -7,6 +7,7 @@ import pytest
 
 from pipeline import runner
 from pipeline.config import load_config
+from pipeline.workdir import stage_dir
 
 from .conftest import PRESETS_DIR
 
@@ -35,7 +36,7 @@ def test_customer_reviews_with_carved_splits(tmp_path):
         "name=cr", f"data.train={SHARED / 'cr/custrev.all'}", "data.validation=null",
         "data.validation_fraction=0.1", "data.test_fraction=0.1", f"export.dir={tmp_path / 'models'}"])
     results = runner.run_all(config, tmp_path / "work")
-    stats = json.loads((tmp_path / "work" / "prepare" / "stats.json").read_text())
+    stats = json.loads((stage_dir(config, tmp_path / "work", "prepare") / "stats.json").read_text())
     # 3,775 lines, of which 4 are a label with no text (skipped and counted).
     assert sum(stats[s]["examples"] for s in ("train", "validation", "test")) + stats["skipped_blank"] == 3775
     assert results["evaluate"].metrics["test_accuracy"] >= 0.70
