@@ -92,7 +92,7 @@ class ModelConfig:
     embedding_dropout: float = 0.0
     # Anything above 0 rules out the cuDNN kernel; kept for users who accept that cost.
     recurrent_dropout: float = 0.0
-    pooling: Literal["final", "mean"] = "final"
+    pooling: Literal["final", "mean", "mean_max"] = "final"
     tie_embeddings: bool = False
 
 

@@ -36,7 +36,8 @@ def build_sentiment_lstm(
         num_classes: size of the softmax.
         embedding_dropout: the rate at which whole token embeddings are zeroed in training.
         pooling: `final` uses the last LSTM's final state (both directions' when
-            bidirectional); `mean` averages its outputs over the unmasked positions.
+            bidirectional); `mean` averages its outputs over the unmasked positions;
+            `mean_max` concatenates that average with their maximum.
 
     Returns:
         A model from int32 token ids `[batch, time]` to class probabilities `[batch, classes]`.
@@ -55,9 +56,34 @@ def build_sentiment_lstm(
         x = keras.layers.Dropout(dropout, name=f"dropout_{i}")(x)
     if pooling == "mean":
         x = keras.layers.GlobalAveragePooling1D(name="mean_pool")(x)
+    elif pooling == "mean_max":
+        x = keras.layers.Concatenate(name="mean_max_pool")([keras.layers.GlobalAveragePooling1D(name="mean_pool")(x),
+                                                            MaskedMaxPooling1D(name="max_pool")(x)])
     # The softmax stays float32 under mixed precision, for a numerically stable loss.
     probs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="classifier")(x)
     return keras.Model(ids, probs, name="sentiment_lstm")
+
+
+@keras.saving.register_keras_serializable(package="pipeline")
+class MaskedMaxPooling1D(keras.layers.Layer):
+    """The maximum over time of the unmasked positions (Keras's `GlobalMaxPooling1D` ignores the
+    mask, and an LSTM outputs zeros at padded positions, which would win over negative values)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = True
+
+    def call(self, inputs, mask=None):
+        if mask is not None:
+            keep = keras.ops.expand_dims(keras.ops.cast(mask, "bool"), -1)
+            inputs = keras.ops.where(keep, inputs, keras.ops.full_like(inputs, float("-inf")))
+        return keras.ops.max(inputs, axis=1)
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[2])
 
 
 def build_language_model_lstm(

@@ -54,12 +54,25 @@ def test_one_training_step_changes_every_language_model_weight(tie):
     _one_step_changes_every_weight(model, x, (x + 1) % 20, loss)
 
 
-def test_mean_pooling_ignores_padding():
+@pytest.mark.parametrize("pooling", ["mean", "mean_max"])
+def test_pooling_ignores_padding(pooling):
     keras.utils.set_random_seed(0)
-    model = models.build_sentiment_lstm(30, 2, units=4, embedding_dim=4, layers=1, pooling="mean", dropout=0.0)
+    model = models.build_sentiment_lstm(30, 2, units=4, embedding_dim=4, layers=1, pooling=pooling, dropout=0.0)
     short = model(np.array([[2, 5, 6]], dtype="int32"))
     padded = model(np.array([[2, 5, 6, 0, 0, 0]], dtype="int32"))
     np.testing.assert_allclose(short, padded, atol=1e-6)
+
+
+def test_masked_max_pooling_skips_padded_positions_and_survives_save_and_load(tmp_path):
+    values = np.array([[[-3.0, 1.0], [-2.0, 5.0], [0.0, 0.0]]], dtype="float32")
+    mask = np.array([[True, True, False]])
+    pooled = models.MaskedMaxPooling1D()(values, mask=mask)
+    np.testing.assert_array_equal(pooled, [[-2.0, 5.0]])  # the padded zero does not win
+    model = models.build_sentiment_lstm(30, 2, units=4, embedding_dim=4, layers=1, pooling="mean_max")
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
+    x = np.array([[2, 5, 6, 0]], dtype="int32")
+    np.testing.assert_allclose(model(x), loaded(x), atol=1e-6)
 
 
 def test_tied_language_model_survives_save_and_load(tmp_path):
