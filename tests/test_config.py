@@ -44,7 +44,7 @@ def test_unknown_key_in_yaml_file(tmp_path):
     ("train.epochs=three", r"train\.epochs must be int; got 'three'"),
     ("train.epochs=true", r"train\.epochs must be int"),
     ("tokenizer.model_type=wordpiece", r"tokenizer\.model_type must be one of unigram, bpe, char, word"),
-    ("model.pooling=max", r"model\.pooling must be one of final, mean; got 'max'"),
+    ("model.pooling=max", r"model\.pooling must be one of final, mean, mean_max; got 'max'"),
     ("model.dropout=1.5", r"model\.dropout must be in \[0, 1\)"),
     ("train=3", r"train is a section"),
 ])
