@@ -2,8 +2,8 @@
 
 Classifier batches are grouped by length (buckets bounded by the training split's length
 quantiles), so a batch pads to its own longest row instead of the corpus's, and every row is
-right-padded with id 0 behind its BOS. Language-model batches are
-windows cut from the token stream: no padding at all.
+right-padded with id 0 behind its BOS. Language-model batches are windows cut from the token
+stream: no padding at all.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def classification_dataset(
     count = len(arrays["lengths"])
     batches = batch_count(count, batch_size)
     sequences = _sequences(arrays)
-    labels = tf.constant(arrays["labels"] if "labels" in arrays else np.zeros(count), dtype=tf.int32)
+    labels = tf.constant(arrays["labels"], dtype=tf.int32)
     buckets = tf.constant(np.searchsorted(np.array(boundaries, dtype=np.int64), arrays["lengths"], side="right"))
 
     def grouped(order):
@@ -93,7 +93,7 @@ def _epoch_seed(seed: int, epoch: tf.Tensor) -> tf.Tensor:
 
 
 def batch_count(examples: int, batch_size: int) -> int:
-    """Batches per epoch of `classification_dataset`: the last one kept partial."""
+    """Batches per epoch of `examples` examples: the last one kept partial."""
     return -(-examples // batch_size)
 
 
@@ -161,4 +161,4 @@ def lm_dataset(
 
 def lm_batch_count(stream_length: int, sequence_length: int, batch_size: int) -> int:
     """Batches per epoch of `lm_dataset`: the windows, the last batch kept partial."""
-    return -(-((stream_length - 1) // sequence_length) // batch_size)
+    return batch_count((stream_length - 1) // sequence_length, batch_size)
