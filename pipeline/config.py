@@ -94,6 +94,9 @@ class ModelConfig:
     recurrent_dropout: float = 0.0
     pooling: Literal["final", "mean", "mean_max"] = "final"
     tie_embeddings: bool = False
+    # Sentiment: this many classifiers, each with its own weights, trained side by side on the
+    # same batches; the model outputs the mean of their probabilities.
+    ensemble: int = 1
 
 
 @dataclass(frozen=True)
@@ -292,6 +295,7 @@ def _check_values(config: Config) -> None:
         "model.embedding_dim": config.model.embedding_dim,
         "model.layers": config.model.layers,
         "model.units": config.model.units,
+        "model.ensemble": config.model.ensemble,
         "train.epochs": config.train.epochs,
         "train.batch_size": config.train.batch_size,
         "train.max_length": config.train.max_length,
@@ -321,12 +325,16 @@ def _check_values(config: Config) -> None:
             "config key model.bidirectional must be false for task lm: a language model predicts "
             "the next token, and a backward LSTM would see it; set model.bidirectional=false"
         )
+    if config.task == "lm" and config.model.ensemble != 1:
+        raise ConfigError(f"config key model.ensemble applies to task sentiment only; got "
+                          f"{config.model.ensemble} for task lm; set model.ensemble=1")
 
 
 def run_name(config: Config) -> str:
     """A name that says what the model is, e.g. `sst2-bilstm-2x128` (also its export folder)."""
     kind = "bilstm" if config.model.bidirectional else "lstm"
-    return f"{config.name}-{kind}-{config.model.layers}x{config.model.units}"
+    members = f"-ensemble{config.model.ensemble}" if config.model.ensemble > 1 else ""
+    return f"{config.name}-{kind}-{config.model.layers}x{config.model.units}{members}"
 
 
 def fingerprint(config: Config, length: int = 6) -> str:

@@ -28,6 +28,7 @@ def build_sentiment_lstm(
     embedding_dropout: float = 0.0,
     recurrent_dropout: float = 0.0,
     pooling: str = "final",
+    ensemble: int = 1,
 ) -> keras.Model:
     """A text classifier: Embedding -> stacked (Bi)LSTMs -> pooled state -> softmax.
 
@@ -38,30 +39,47 @@ def build_sentiment_lstm(
         pooling: `final` uses the last LSTM's final state (both directions' when
             bidirectional); `mean` averages its outputs over the unmasked positions;
             `mean_max` concatenates that average with their maximum.
+        ensemble: how many such classifiers, each with its own embedding and weights, read the
+            same ids; the model's output is the mean of their probabilities. Layer names get a
+            `member_<k>_` prefix when there is more than one.
 
     Returns:
         A model from int32 token ids `[batch, time]` to class probabilities `[batch, classes]`.
     """
     ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
-    x = keras.layers.Embedding(vocab_size, embedding_dim, mask_zero=True, name="embedding")(ids)
-    x = keras.layers.SpatialDropout1D(embedding_dropout, name="token_dropout")(x)
-    x = keras.layers.Dropout(dropout, name="embedding_dropout")(x)
+    members = [
+        _sentiment_member(ids, f"member_{k}_" if ensemble > 1 else "", vocab_size, num_classes,
+                          embedding_dim=embedding_dim, units=units, layers=layers, bidirectional=bidirectional,
+                          dropout=dropout, embedding_dropout=embedding_dropout,
+                          recurrent_dropout=recurrent_dropout, pooling=pooling)
+        for k in range(ensemble)
+    ]
+    probs = members[0] if ensemble == 1 else keras.layers.Average(dtype="float32", name="ensemble_mean")(members)
+    return keras.Model(ids, probs, name="sentiment_lstm")
+
+
+def _sentiment_member(ids, prefix: str, vocab_size: int, num_classes: int, *, embedding_dim: int, units: int,
+                      layers: int, bidirectional: bool, dropout: float, embedding_dropout: float,
+                      recurrent_dropout: float, pooling: str):
+    x = keras.layers.Embedding(vocab_size, embedding_dim, mask_zero=True, name=f"{prefix}embedding")(ids)
+    x = keras.layers.SpatialDropout1D(embedding_dropout, name=f"{prefix}token_dropout")(x)
+    x = keras.layers.Dropout(dropout, name=f"{prefix}embedding_dropout")(x)
     for i in range(layers):
         last = i == layers - 1
         lstm = _lstm(units, return_sequences=not (last and pooling == "final"),
-                     recurrent_dropout=recurrent_dropout, name=f"lstm_{i}")
+                     recurrent_dropout=recurrent_dropout, name=f"{prefix}lstm_{i}")
         if bidirectional:
-            lstm = keras.layers.Bidirectional(lstm, name=f"bidirectional_{i}")
+            lstm = keras.layers.Bidirectional(lstm, name=f"{prefix}bidirectional_{i}")
         x = lstm(x)
-        x = keras.layers.Dropout(dropout, name=f"dropout_{i}")(x)
+        x = keras.layers.Dropout(dropout, name=f"{prefix}dropout_{i}")(x)
     if pooling == "mean":
-        x = keras.layers.GlobalAveragePooling1D(name="mean_pool")(x)
+        x = keras.layers.GlobalAveragePooling1D(name=f"{prefix}mean_pool")(x)
     elif pooling == "mean_max":
-        x = keras.layers.Concatenate(name="mean_max_pool")([keras.layers.GlobalAveragePooling1D(name="mean_pool")(x),
-                                                            MaskedMaxPooling1D(name="max_pool")(x)])
+        x = keras.layers.Concatenate(name=f"{prefix}mean_max_pool")(
+            [keras.layers.GlobalAveragePooling1D(name=f"{prefix}mean_pool")(x),
+             MaskedMaxPooling1D(name=f"{prefix}max_pool")(x)])
     # The softmax stays float32 under mixed precision, for a numerically stable loss.
-    probs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="classifier")(x)
-    return keras.Model(ids, probs, name="sentiment_lstm")
+    return keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name=f"{prefix}classifier")(x)
 
 
 @keras.saving.register_keras_serializable(package="pipeline")
@@ -149,7 +167,7 @@ def build_model(config: Config, vocab_size: int, num_classes: int = 0) -> keras.
     return build_sentiment_lstm(
         vocab_size, num_classes, embedding_dim=m.embedding_dim, units=m.units, layers=m.layers,
         bidirectional=m.bidirectional, dropout=m.dropout, embedding_dropout=m.embedding_dropout,
-        recurrent_dropout=m.recurrent_dropout, pooling=m.pooling,
+        recurrent_dropout=m.recurrent_dropout, pooling=m.pooling, ensemble=m.ensemble,
     )
 
 

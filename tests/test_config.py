@@ -46,6 +46,7 @@ def test_unknown_key_in_yaml_file(tmp_path):
     ("tokenizer.model_type=wordpiece", r"tokenizer\.model_type must be one of unigram, bpe, char, word"),
     ("model.pooling=max", r"model\.pooling must be one of final, mean, mean_max; got 'max'"),
     ("model.dropout=1.5", r"model\.dropout must be in \[0, 1\)"),
+    ("model.ensemble=0", r"model\.ensemble must be at least 1; got 0"),
     ("train=3", r"train is a section"),
 ])
 def test_wrong_values_name_the_key(item, pattern):
@@ -74,6 +75,11 @@ def test_override_without_equals_is_rejected():
 def test_language_model_cannot_be_bidirectional():
     with pytest.raises(ConfigError, match="model.bidirectional must be false for task lm"):
         load_config(None, ["task=lm", "model.bidirectional=true"])
+
+
+def test_ensemble_is_for_sentiment_only():
+    with pytest.raises(ConfigError, match="model.ensemble applies to task sentiment only; got 2 for task lm"):
+        load_config(None, ["task=lm", "model.bidirectional=false", "model.ensemble=2"])
 
 
 def test_missing_config_file_is_a_config_error(tmp_path):

@@ -15,7 +15,7 @@ def test_every_preset_builds_cudnn_eligible_lstms(preset):
     config = load_config(preset)
     model = models.build_model(config, vocab_size=64, num_classes=2)
     report = models.cudnn_report(model)
-    expected = config.model.layers * (2 if config.model.bidirectional else 1)
+    expected = config.model.ensemble * config.model.layers * (2 if config.model.bidirectional else 1)
     assert len(report) == expected
     assert all(r.cudnn_eligible for r in report), report
 
@@ -43,6 +43,19 @@ def test_one_training_step_changes_every_sentiment_weight():
     # Right-padded rows of different lengths, BOS (2) first.
     x = np.array([[2, 5, 6, 7, 0], [2, 8, 0, 0, 0], [2, 9, 10, 11, 12]], dtype="int32")
     _one_step_changes_every_weight(model, x, np.array([0, 1, 2]), "sparse_categorical_crossentropy")
+
+
+def test_ensemble_outputs_the_mean_of_its_members_and_trains_each_of_them(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = models.build_sentiment_lstm(30, 3, units=4, embedding_dim=4, layers=1, pooling="mean", ensemble=3)
+    x = np.array([[2, 5, 6, 7, 0], [2, 8, 0, 0, 0]], dtype="int32")
+    members = [keras.Model(model.input, model.get_layer(f"member_{k}_classifier").output)(x) for k in range(3)]
+    assert not np.allclose(members[0], members[1])  # each member starts from its own weights
+    np.testing.assert_allclose(model(x), np.mean(members, axis=0), atol=1e-6)
+    assert len(models.cudnn_report(model)) == 6 and all(r.cudnn_eligible for r in models.cudnn_report(model))
+    model.save(tmp_path / "m.keras")
+    np.testing.assert_allclose(keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)(x), model(x), atol=1e-6)
+    _one_step_changes_every_weight(model, x, np.array([0, 2]), "sparse_categorical_crossentropy")
 
 
 @pytest.mark.parametrize("tie", [False, True])
