@@ -34,10 +34,38 @@ def configure(tracking_uri: str | None, experiment: str | None) -> None:
     MLflow's own client would retry for minutes.
     """
     use(tracking_uri)
+    with _creation_lock(mlflow.get_tracking_uri()):
+        _set_experiment(experiment)
+
+
+def _set_experiment(experiment: str | None) -> None:
     # Under `mlflow run` (MLFLOW_RUN_ID set), its run and experiment become the pipeline's parent
     # run and experiment. MLFLOW_EXPERIMENT_ID is no such sign: set_experiment exports it too.
     if experiment or "MLFLOW_RUN_ID" not in os.environ:
         mlflow.set_experiment(experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
+
+
+@contextlib.contextmanager
+def _creation_lock(tracking_uri: str) -> Iterator[None]:
+    """Serialise the first touch of a local SQLite store among processes.
+
+    MLflow creates the tables and the experiment on first use without a lock, so two runs
+    started together on a new store would both try, and one would fail mid-migration. A file
+    lock beside the database (`<db>.lock`) makes the second one wait for the first.
+    """
+    if not tracking_uri.startswith("sqlite:///") or tracking_uri == "sqlite:///:memory:":
+        yield
+        return
+    import fcntl
+
+    database = Path(tracking_uri.removeprefix("sqlite:///").split("?")[0])
+    database.parent.mkdir(parents=True, exist_ok=True)  # as MLflow does for the database
+    with open(database.with_name(database.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def use(tracking_uri: str | None) -> None:
