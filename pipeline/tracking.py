@@ -53,10 +53,13 @@ def _creation_lock(tracking_uri: str) -> Iterator[None]:
     started together on a new store would both try, and one would fail mid-migration. A file
     lock beside the database (`<db>.lock`) makes the second one wait for the first.
     """
-    if not tracking_uri.startswith("sqlite:///") or tracking_uri == "sqlite:///:memory:":
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system: no lock, as before
+        fcntl = None
+    if fcntl is None or not tracking_uri.startswith("sqlite:///") or tracking_uri == "sqlite:///:memory:":
         yield
         return
-    import fcntl
 
     database = Path(tracking_uri.removeprefix("sqlite:///").split("?")[0])
     database.parent.mkdir(parents=True, exist_ok=True)  # as MLflow does for the database
