@@ -57,11 +57,15 @@ def _creation_lock(tracking_uri: str) -> Iterator[None]:
         import fcntl
     except ImportError:  # not a POSIX system: no lock, as before
         fcntl = None
-    if fcntl is None or not tracking_uri.startswith("sqlite:///") or tracking_uri == "sqlite:///:memory:":
+    from sqlalchemy.engine import make_url
+
+    # The path as SQLite opens it: MLflow percent-encodes the default URI (a space is %20).
+    database = make_url(tracking_uri).database if tracking_uri.startswith("sqlite:") else None
+    if fcntl is None or not database or database == ":memory:":
         yield
         return
 
-    database = Path(tracking_uri.removeprefix("sqlite:///").split("?")[0])
+    database = Path(database)
     database.parent.mkdir(parents=True, exist_ok=True)  # as MLflow does for the database
     with open(database.with_name(database.name + ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -328,7 +332,7 @@ class EpochMetricsCallback(MlflowCallback):
 
 # Columns of `pipeline compare`: what tells runs apart, then what they scored.
 COMPARE_PARAMS = ("task", "data.tfds", "tokenizer.model_type", "tokenizer.vocab_size", "model.layers",
-                  "model.units", "model.bidirectional", "train.epochs", "train.seed")
+                  "model.units", "model.bidirectional", "model.ensemble", "train.epochs", "train.seed")
 COMPARE_METRICS = ("test_accuracy", "test_macro_f1", "test_auc", "test_loss", "test_perplexity",
                    "test_bits_per_char")
 LOWER_IS_BETTER = ("loss", "perplexity", "bits_per_char")

@@ -3,6 +3,8 @@ import sys
 
 import mlflow
 
+from pipeline import tracking
+
 # Each process imports the tracking module, then waits for the others to have done so, so that
 # all of them touch the new store at once.
 TOUCH = """
@@ -27,3 +29,11 @@ def test_runs_started_together_on_a_new_sqlite_store_all_get_it(tmp_path):
     assert [p.returncode for p in processes] == [0, 0, 0], "\n".join(e[-1500:] for e in errors)
     experiments = mlflow.MlflowClient(uri).search_experiments(filter_string="name = 'together'")
     assert len(experiments) == 1
+
+
+def test_the_lock_sits_beside_the_database_sqlite_opens(tmp_path):
+    # MLflow percent-encodes its default URI; SQLite opens the decoded path, so the lock goes there.
+    with tracking._creation_lock(f"sqlite:///{tmp_path}/sp%20ace/mlflow.db"):
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sp ace"]
+    assert (tmp_path / "sp ace" / "mlflow.db.lock").is_file()
