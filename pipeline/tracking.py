@@ -34,15 +34,11 @@ def configure(tracking_uri: str | None, experiment: str | None) -> None:
     MLflow's own client would retry for minutes.
     """
     use(tracking_uri)
-    with _creation_lock(mlflow.get_tracking_uri()):
-        _set_experiment(experiment)
-
-
-def _set_experiment(experiment: str | None) -> None:
     # Under `mlflow run` (MLFLOW_RUN_ID set), its run and experiment become the pipeline's parent
     # run and experiment. MLFLOW_EXPERIMENT_ID is no such sign: set_experiment exports it too.
     if experiment or "MLFLOW_RUN_ID" not in os.environ:
-        mlflow.set_experiment(experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
+        with _creation_lock(mlflow.get_tracking_uri()):
+            mlflow.set_experiment(experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
 
 
 @contextlib.contextmanager
