@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-CONFIG ?= configs/imdb.yaml
+CONFIG ?= configs/sst2_local.yaml
 ARGS ?=
 
 .PHONY: install run test test-slow lint bench clean
@@ -32,5 +32,7 @@ test-slow: install
 bench: install
 	$(BIN)/python benchmarks/throughput.py $(ARGS)
 
+# Only what the pipeline and its tools generated: data/ also holds the shipped corpora and the
+# TFDS downloads a user placed in data/tfds/downloads/manual/, which stay.
 clean:
-	rm -rf $(VENV) data models mlruns mlflow.db .pytest_cache
+	rm -rf $(VENV) data/work models mlruns mlartifacts mlflow.db mlflow.db.lock .pytest_cache .ruff_cache

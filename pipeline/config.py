@@ -57,10 +57,13 @@ class DataConfig:
     format: Literal["auto", "label_text", "csv", "tsv", "jsonl", "text", "folder"] = "auto"
     text_field: str = "text"
     label_field: str = "label"
-    encoding: str = "utf-8"
+    # `auto` reads UTF-8, and a file that is not valid UTF-8 in the encoding a detector names.
+    encoding: str = "auto"
     # Used only for a split that is not given: carved from train, seeded and stratified.
     validation_fraction: float = 0.1
     test_fraction: float = 0.1
+    # Seeds the carving alone, so a seed study (train.seed) keeps its validation and test sets.
+    split_seed: int = 42
     # For `task: lm` with `format: text`: is a document a whole file or one line?
     document: Literal["file", "line"] = "file"
     tfds_data_dir: str = "data/tfds"
@@ -88,7 +91,8 @@ class ModelConfig:
     units: int = 128
     bidirectional: bool = True
     dropout: float = 0.3
-    # Drops whole token embeddings (SpatialDropout1D), so the classifier cannot lean on one word.
+    # Drops whole token embeddings (every channel of a token at once), so the classifier cannot
+    # lean on one word.
     embedding_dropout: float = 0.0
     # Anything above 0 rules out the cuDNN kernel; kept for users who accept that cost.
     recurrent_dropout: float = 0.0
@@ -153,15 +157,20 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
         The validated, frozen config.
     """
     tree: dict[str, Any] = {}
+    # Which layer set each dotted key last: 0 the preset, 1.. the overrides in order.
+    layers: dict[str, int] = {}
     if path is not None:
         tree = _read_yaml(Path(path))
+        layers = {key: 0 for key in _dotted_keys(tree)}
         if "name" not in tree:
             tree["name"] = Path(path).stem
-    for item in overrides:
+    for layer, item in enumerate(overrides, start=1):
         key, value = parse_override(item)
         _set_dotted(tree, key, value)
+        layers[key] = layer
     config = _build(Config, tree, prefix="")
     _check_values(config)
+    _check_ignored_keys(config, layers)
     return config
 
 
@@ -217,6 +226,13 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(tree, dict):
         raise ConfigError(f"config file {path} must hold a mapping of keys, not {type(tree).__name__}")
     return tree
+
+
+def _dotted_keys(tree: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in tree.items():
+        keys += _dotted_keys(value, f"{prefix}{key}.") if isinstance(value, dict) else [f"{prefix}{key}"]
+    return keys
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
@@ -328,6 +344,29 @@ def _check_values(config: Config) -> None:
     if config.task == "lm" and config.model.ensemble != 1:
         raise ConfigError(f"config key model.ensemble applies to task sentiment only; got "
                           f"{config.model.ensemble} for task lm; set model.ensemble=1")
+
+
+def _check_ignored_keys(config: Config, layers: dict[str, int]) -> None:
+    """Refuse a key set on purpose that another key makes meaningless, naming both.
+
+    A key counts as set on purpose when the preset or an override sets it no earlier than the
+    key that overrides it: `--set data.validation=dev.txt` on a preset with a validation fraction
+    replaces the fraction knowingly, but `--set data.validation_fraction=0.1` on a preset that
+    names a validation file would be silently ignored.
+    """
+    data = config.data
+    # (ignored key, the key that overrides it, that key's value when it does, the fix)
+    rules = [(f"data.{split}_fraction", f"data.{split}", getattr(data, split),
+              f"a given split is never carved; set data.{split}=null to carve it from train")
+             for split in ("validation", "test")]
+    rules += [(key, "data.tfds", data.tfds, "TFDS data is read by TFDS; set data.tfds=null to read local files")
+              for key in ("data.format", "data.encoding", "data.document")]
+    rules += [(key, "data.tfds", "null" if data.tfds is None else None,
+               "it applies to TFDS data only; set data.tfds to a dataset name or drop it")
+              for key in ("data.manual_dir", "data.tfds_data_dir")]
+    for key, by, value, fix in rules:
+        if key in layers and value is not None and layers[key] >= layers.get(by, -1):
+            raise ConfigError(f"config key {key} has no effect because {by} is {value}: {fix}")
 
 
 def run_name(config: Config) -> str:

@@ -62,7 +62,8 @@ def _sentiment_member(ids, prefix: str, vocab_size: int, num_classes: int, *, em
                       layers: int, bidirectional: bool, dropout: float, embedding_dropout: float,
                       recurrent_dropout: float, pooling: str):
     x = keras.layers.Embedding(vocab_size, embedding_dim, mask_zero=True, name=f"{prefix}embedding")(ids)
-    x = keras.layers.SpatialDropout1D(embedding_dropout, name=f"{prefix}token_dropout")(x)
+    # One draw per token, shared by its channels: a dropped token vanishes whole.
+    x = keras.layers.Dropout(embedding_dropout, noise_shape=(None, None, 1), name=f"{prefix}token_dropout")(x)
     x = keras.layers.Dropout(dropout, name=f"{prefix}embedding_dropout")(x)
     for i in range(layers):
         last = i == layers - 1

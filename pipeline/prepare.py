@@ -5,7 +5,8 @@ Writes to `<workdir>/prepare/`:
   - `train.jsonl`, `validation.jsonl`, `test.jsonl`: one `{"text": ..., "label": id}` per line
     (`label` is absent for `task: lm`);
   - `labels.json`: the label vocabulary, id order (sentiment only);
-  - `stats.json`: per split, the example count, the class balance and length quantiles.
+  - `stats.json`: per split, the example count, the class balance and length quantiles; the
+    encoding each local file was read in (`encodings`, split -> encoding -> files).
 A split that is not given is carved from train: stratified and seeded for sentiment, a
 contiguous tail of the text for language modelling.
 """
@@ -42,6 +43,8 @@ def run(config: Config, workdir: str | Path) -> PrepareResult:
     """Read every split, carve the missing ones, and write them under `<workdir>/prepare/`."""
     splits = {name: _read_split(config, name) for name in SPLITS if _source(config, name)}
     skipped = sum(s.skipped_blank for s in splits.values())
+    # Files per encoding, as read: with data.encoding=auto this records what was detected.
+    encodings = {name: s.encodings for name, s in splits.items() if s.encodings}
     if skipped:
         log.info("skipped %d blank texts", skipped)
     splits = _carve_missing(config, splits)
@@ -52,6 +55,7 @@ def run(config: Config, workdir: str | Path) -> PrepareResult:
         (out / "labels.json").write_text(json.dumps(labels, ensure_ascii=False), encoding="utf-8")
         stats = {name: split_stats(examples) for name, examples in splits.items()}
         stats["skipped_blank"] = skipped
+        stats["encodings"] = encodings
         (out / "stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False), encoding="utf-8")
     counts = {name: len(examples.texts) for name, examples in splits.items()}
     log.info("prepared %s", ", ".join(f"{k}={v}" for k, v in counts.items()))
@@ -130,7 +134,7 @@ def _carve_missing(config: Config, splits: dict[str, Examples]) -> dict[str, Exa
     if config.task == "lm":
         carved = _carve_tail(train, wanted)
     else:
-        carved = _carve_stratified(train, wanted, seed=config.train.seed)
+        carved = _carve_stratified(train, wanted, seed=config.data.split_seed)
     for name, examples in carved.items():
         if not examples.texts:
             raise DataError(
@@ -189,14 +193,22 @@ def _label_vocabulary(config: Config, splits: dict[str, Examples]) -> list[str]:
     seen = set(splits["train"].labels)
     if len(seen) < 2:
         raise DataError(f"{config.data.train}: training split has only label(s) {sorted(seen)}; need 2 or more classes")
+    labels = sorted(seen, key=_label_order)
     for name, examples in splits.items():
+        where = f"{_source(config, name) or name}: split {name}"
         unknown = set(examples.labels) - seen
         if unknown:
             raise DataError(
-                f"{_source(config, name) or name}: split {name} has labels the training split never saw: "
-                f"{', '.join(sorted(map(str, unknown))[:5])}; fix the labels or add them to training data"
+                f"{where} has labels the training split never saw: "
+                f"{', '.join(sorted(map(str, unknown), key=_label_order)[:5])}; fix the labels or add them to training data"
             )
-    return sorted(seen, key=_label_order)
+        missing = seen - set(examples.labels)
+        if missing:
+            # A small split may lack a rare class; a split from another dataset lacks most of them.
+            log.warning("warning: %s has %d of the %d training classes (missing: %s); its metrics cover only "
+                        "those. Is it the right file for data.train?", where, len(seen) - len(missing), len(seen),
+                        ", ".join(sorted(missing, key=_label_order)[:5]))
+    return labels
 
 
 def _label_order(label: str) -> tuple[int, int, str]:

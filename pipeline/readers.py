@@ -12,14 +12,18 @@ import codecs
 import csv
 import io
 import json
+import logging
 import re
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import charset_normalizer
+
 from pipeline.errors import DataError
 
+log = logging.getLogger(__name__)
 SUFFIX_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
 # NUL marks a binary file or a wrong encoding; an unpaired surrogate (a JSON escape such as
 # \ud800, a UTF-7 file, a file name that is not UTF-8) cannot be written back as UTF-8.
@@ -33,6 +37,11 @@ class Examples:
     texts: list[str] = field(default_factory=list)
     labels: list[str | None] = field(default_factory=list)
     skipped_blank: int = 0
+    # How many files were read in each encoding (with data.encoding=auto, the detected ones).
+    encodings: dict[str, int] = field(default_factory=dict)
+
+    def count_encoding(self, encoding: str) -> None:
+        self.encodings[encoding] = self.encodings.get(encoding, 0) + 1
 
     def add(self, text: str, label: str | None) -> None:
         if text.strip():
@@ -69,7 +78,9 @@ def read_local(
         path: the file, or for `folder` the directory holding one sub-folder per label.
         fmt: `label_text`, `csv`, `tsv`, `jsonl`, `text`, `folder`, or `auto` (by suffix).
         task: `sentiment` needs labels; `lm` reads texts only.
-        encoding: the text encoding of every file read.
+        encoding: the text encoding of every file read, or `auto`: UTF-8, and for a file that is
+            not valid UTF-8 the encoding charset-normalizer detects (logged, and counted in
+            the result's `encodings`).
         text_field, label_field: column or key names for csv, tsv and jsonl.
         document: for `text`, whether a document is the whole file or one line.
 
@@ -84,9 +95,15 @@ def read_local(
         return _read_folder(path, encoding, task)
     if path.is_dir():
         raise DataError(f"{path} is a folder; set data.format=folder or point at a file")
-    text = decode_file(path, encoding)
+    text, used = decode_file(path, encoding)
     if not text.strip():
         raise DataError(f"{path} is empty; give a file with at least one example")
+    examples = _parse(text, path, fmt, task, text_field, label_field, document)
+    examples.count_encoding(used)
+    return examples
+
+
+def _parse(text: str, path: Path, fmt: str, task: str, text_field: str, label_field: str, document: str) -> Examples:
     if fmt == "text":
         return _read_text(text, document, task, path)
     fields = (text_field, None if task == "lm" else label_field)
@@ -99,12 +116,19 @@ def read_local(
     raise DataError(f"{path}: unknown data.format {fmt!r}")
 
 
-def decode_file(path: Path, encoding: str) -> str:
-    """The file's text with universal newlines and no BOM, or a `DataError` naming the bad line."""
+def decode_file(path: Path, encoding: str) -> tuple[str, str]:
+    """The file's text with universal newlines and no BOM, and the encoding it was read in.
+
+    `encoding="auto"` reads UTF-8, and a file that is not (or that holds NUL bytes, as UTF-16
+    does) in the encoding charset-normalizer finds. A file that cannot be read raises a
+    `DataError` naming the bad line where there is one.
+    """
     try:
         raw = path.read_bytes()
     except OSError as err:
         raise DataError(f"{path}: cannot read ({err.strerror})") from None
+    if encoding == "auto":
+        encoding = _detect_encoding(raw, path)
     fix = "set data.encoding to the file's encoding (e.g. latin-1) or re-save it as UTF-8"
     try:
         text = raw.decode(encoding)
@@ -125,7 +149,23 @@ def decode_file(path: Path, encoding: str) -> str:
         if bad.group() == "\x00":
             raise DataError(f"{path}:{line}: NUL byte in text; is this a binary file, or UTF-16 (set data.encoding)?")
         raise DataError(f"{path}:{line}: {_describe(bad.group())} in text; {fix}")
-    return text
+    return text, encoding
+
+
+def _detect_encoding(raw: bytes, path: Path) -> str:
+    """`utf-8` for valid UTF-8 without NUL bytes, else the encoding charset-normalizer finds."""
+    try:
+        raw.decode("utf-8")
+        if b"\x00" not in raw:
+            return "utf-8"
+    except UnicodeDecodeError:
+        pass
+    best = charset_normalizer.from_bytes(raw).best()
+    if best is None:
+        # Nothing fits: decoding as UTF-8 then names the first bad line (or the NUL byte).
+        return "utf-8"
+    log.warning("%s: not valid UTF-8; read as %s (detected; set data.encoding to choose)", path, best.encoding)
+    return best.encoding
 
 
 def _universal_newlines(text: str) -> str:
@@ -259,7 +299,9 @@ def _read_folder(path: Path, encoding: str, task: str) -> Examples:
     examples = Examples()
     for label, files in groups:
         for file in files:
-            examples.add(decode_file(file, encoding), label)
+            text, used = decode_file(file, encoding)
+            examples.add(text, label)
+            examples.count_encoding(used)
     if not examples.texts:
         raise DataError(
             f"{path}: no examples found; data.format=folder needs one sub-folder per label, one file per example"

@@ -39,12 +39,16 @@ def train_sentencepiece(
         character_coverage: the share of characters that get their own piece.
         max_sentences: the sample size SentencePiece trains on.
         lossless: keep the text exactly (no Unicode normalisation, spaces kept, newline a
-            piece of its own), so `decode(encode(text)) == text`. A language model needs this:
-            it must generate line breaks, and its bits per character must count every character.
+            piece of its own, and a character unseen in training spelled as its UTF-8 bytes,
+            one piece per byte), so `decode(encode(text)) == text` for any text and nothing
+            maps to `<unk>`. A language model needs this: it must generate line breaks, and its
+            bits per character must count every character. The 256 byte pieces count towards
+            `vocab_size`.
     """
     model = io.BytesIO()
     exact = {"normalization_rule_name": "identity", "remove_extra_whitespaces": False,
-             "user_defined_symbols": ["\n"], "allow_whitespace_only_pieces": True} if lossless else {}
+             "user_defined_symbols": ["\n"], "allow_whitespace_only_pieces": True,
+             "byte_fallback": True} if lossless else {}
     try:
         spm.SentencePieceTrainer.train(
             sentence_iterator=iter(sentences),
@@ -62,12 +66,18 @@ def train_sentencepiece(
             **exact,
         )
     except RuntimeError as err:
-        raise TokenizerError(_explain(str(err), vocab_size)) from None
+        raise TokenizerError(_explain(str(err), vocab_size, lossless)) from None
     return model.getvalue()
 
 
-def _explain(message: str, vocab_size: int) -> str:
+def _explain(message: str, vocab_size: int, lossless: bool) -> str:
     needed = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", message)
+    if needed and lossless:
+        return (
+            f"tokenizer.vocab_size={vocab_size} is too small for a language model, whose tokenizer holds the "
+            f"256 byte pieces besides the characters of its training text; raise tokenizer.vocab_size to at "
+            f"least {needed.group(2)}"
+        )
     if needed:
         return (
             f"tokenizer.vocab_size={vocab_size} cannot hold the {needed.group(2)} characters "

@@ -86,7 +86,7 @@ def lm_overrides(corpus: Path, tmp_path: Path) -> list[str]:
     return [
         "name=tinylm", "task=lm", "data.tfds=null", "data.format=text", f"data.train={corpus}",
         "data.validation=null", "data.test=null", "data.validation_fraction=0.1", "data.test_fraction=0.1",
-        "tokenizer.vocab_size=60", "tokenizer.model_type=bpe", "tokenizer.character_coverage=1.0",
+        "tokenizer.vocab_size=320", "tokenizer.model_type=bpe", "tokenizer.character_coverage=1.0",
         "model.bidirectional=false", "model.embedding_dim=8", "model.units=16", "model.layers=2",
         "train.epochs=2", "train.batch_size=8", "train.sequence_length=16", "train.sample_tokens=10",
         "train.sample_prompt=ROMEO:", f"export.dir={tmp_path / 'models'}",

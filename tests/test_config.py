@@ -106,3 +106,31 @@ def test_flatten_and_run_name():
 def test_exponent_floats_parse_as_numbers():
     config = load_config(None, ["train.learning_rate=1e-3", "model.dropout=2.5E-1"])
     assert config.train.learning_rate == 0.001 and config.model.dropout == 0.25
+
+
+def test_a_fraction_the_preset_split_file_overrides_is_an_error_naming_both(tmp_path):
+    preset = tmp_path / "local.yaml"
+    preset.write_text("data:\n  tfds: null\n  train: train.txt\n  validation: dev.txt\n")
+    with pytest.raises(ConfigError, match=r"^config key data\.validation_fraction has no effect because "
+                                          r"data\.validation is dev\.txt: .*set data\.validation=null"):
+        load_config(preset, ["data.validation_fraction=0.1"])
+    # Carving instead, or replacing the preset's fraction with a file, is what the user means.
+    assert load_config(preset, ["data.validation=null", "data.validation_fraction=0.1"]).data.validation is None
+    assert load_config(preset, ["data.validation_fraction=0.1", "data.validation=null"]).data.validation is None
+
+
+def test_a_split_file_given_after_a_preset_fraction_replaces_it(tmp_path):
+    preset = tmp_path / "carve.yaml"
+    preset.write_text("data:\n  tfds: null\n  train: train.txt\n  validation: null\n  validation_fraction: 0.2\n")
+    assert load_config(preset, ["data.validation=dev.txt"]).data.validation == "dev.txt"
+
+
+@pytest.mark.parametrize(("overrides", "ignored", "by"), [
+    (["data.test_fraction=0.2"], "data.test_fraction", "data.test is test"),
+    (["data.format=csv"], "data.format", "data.tfds is imdb_reviews"),
+    (["data.encoding=latin-1"], "data.encoding", "data.tfds is imdb_reviews"),
+    (["data.tfds=null", "data.manual_dir=downloads"], "data.manual_dir", "data.tfds is null"),
+])
+def test_other_keys_that_another_key_makes_meaningless(overrides, ignored, by):
+    with pytest.raises(ConfigError, match=f"^config key {ignored} has no effect because {by}: "):
+        load_config(None, overrides)

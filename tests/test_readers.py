@@ -113,3 +113,21 @@ def test_text_format_has_no_labels_for_sentiment(tmp_path):
     path.write_text("hello")
     with pytest.raises(DataError, match="data.format=text has no labels"):
         read_local(path, "text")
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16", "utf-8-sig", "utf-8"])
+def test_auto_encoding_reads_unicode_files_and_says_which(tmp_path, encoding):
+    text = "".join(f"{label} review {i}, caf\u00e9 \u65e5\u672c\n" for i in range(20) for label in "01")
+    path = tmp_path / "reviews.txt"
+    path.write_bytes(text.encode(encoding))
+    examples = read_local(path, "label_text", encoding="auto")
+    assert examples.texts[:2] == ["review 0, caf\u00e9 \u65e5\u672c"] * 2 and len(examples.texts) == 40
+    (used,) = examples.encodings
+    assert used.replace("_", "-") == ("utf-8" if encoding.startswith("utf-8") else encoding)
+
+
+def test_auto_encoding_refuses_binary_data_naming_the_line(tmp_path):
+    path = tmp_path / "model.bin"
+    path.write_bytes(bytes(range(256)) * 10)
+    with pytest.raises(DataError, match=r"model\.bin:3: bytes not valid in data\.encoding=utf-8"):
+        read_local(path, "label_text", encoding="auto")

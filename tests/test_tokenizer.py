@@ -46,6 +46,26 @@ def test_vocabulary_too_small_for_the_characters():
         tokenizer.train_sentencepiece(SENTENCES, vocab_size=8, model_type="unigram")
 
 
+LINES = ["ROMEO:\nBut soft, what light through yonder window breaks?\n", "JULIET:\nAy me.\n"] * 10
+
+
+@pytest.mark.parametrize("model_type", ["bpe", "unigram", "char"])
+def test_lossless_tokenizer_spells_unseen_characters_as_bytes(model_type):
+    sp = tokenizer.from_bytes(tokenizer.train_sentencepiece(LINES, vocab_size=320, model_type=model_type,
+                                                            character_coverage=1.0, lossless=True))
+    text = "ROMEO: жé 日本 \U0001f600!\n"  # Cyrillic, Latin-1, CJK and an emoji, none seen
+    (ids,) = tokenizer.encode(sp, [text])
+    assert tokenizer.UNK_ID not in ids
+    assert sp.decode(ids) == text
+    # The emoji is four bytes, so four pieces.
+    assert [sp.id_to_piece(i) for i in ids].count("<0xF0>") == 1
+
+
+def test_lossless_vocabulary_too_small_for_the_byte_pieces():
+    with pytest.raises(TokenizerError, match=r"tokenizer.vocab_size=60 is too small .* at least \d{3}$"):
+        tokenizer.train_sentencepiece(LINES, vocab_size=60, model_type="bpe", character_coverage=1.0, lossless=True)
+
+
 def test_tokenize_stage_writes_model_and_arrays(tiny_config, tmp_path):
     prepare.run(tiny_config, tmp_path / "work")
     result = tokenize.run(tiny_config, tmp_path / "work")
