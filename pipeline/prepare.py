@@ -198,10 +198,9 @@ def _label_vocabulary(config: Config, splits: dict[str, Examples]) -> list[str]:
         where = f"{_source(config, name) or name}: split {name}"
         unknown = set(examples.labels) - seen
         if unknown:
-            raise DataError(
-                f"{where} has labels the training split never saw: "
-                f"{', '.join(sorted(map(str, unknown), key=_label_order)[:5])}; fix the labels or add them to training data"
-            )
+            shown = ", ".join(sorted(map(str, unknown), key=_label_order)[:5])
+            raise DataError(f"{where} has labels the training split never saw: {shown}; "
+                            "fix the labels or add them to training data")
         missing = seen - set(examples.labels)
         if missing:
             # A small split may lack a rare class; a split from another dataset lacks most of them.
