@@ -100,12 +100,27 @@ def run(config, workdir, force) -> None:
     Stages whose output for this config already exists are reused (one line says so), and a
     training that was interrupted resumes from its last finished epoch.
     """
-    from pipeline import runner
+    from pipeline import runner, tracking
 
     results = runner.run_all(config, workdir, force=force)
     metrics = results["evaluate"].metrics
     click.echo(" ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-    click.echo(f"exported {results['export'].path}")
+    export_path = results["export"].path
+    click.echo(f"exported {export_path}")
+    program = _program()
+    use = (f"{program} generate {export_path} --prompt {shlex.quote(config.train.sample_prompt.strip() or 'The')}"
+           if config.task == "lm" else f'{program} predict {export_path} "a gripping, funny film" "flat and lifeless"')
+    click.echo(f"\nNext:\n  {use}\n  {program} ui --tracking-uri {tracking.current_uri()}    # the MLflow UI")
+
+
+def _program() -> str:
+    """How to call this command again from the current folder: the venv's script if it is below it
+    (`make run` calls `.venv/bin/pipeline` without activating the venv), else `pipeline`."""
+    script = Path(sys.executable).parent / "pipeline"
+    try:
+        return str(script.relative_to(Path.cwd())) if script.is_file() else "pipeline"
+    except ValueError:
+        return "pipeline"
 
 
 def _stage_command(stage: str):
@@ -209,3 +224,24 @@ def ui(port, tracking_uri) -> None:
         subprocess.run(tracking.ui_command(port), check=False)
     except KeyboardInterrupt:
         pass
+
+
+@main.command()
+@click.argument("model")
+@click.option("--port", default=5001, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; 0.0.0.0 opens the server to other machines.")
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI",
+              help="MLflow tracking URI holding a models:/ MODEL. Default: MLflow's own (sqlite:///mlflow.db here).")
+def serve(model, port, host, tracking_uri) -> None:
+    """Serve MODEL over HTTP (POST /invocations) with MLflow's scoring server, until Ctrl-C.
+
+    MODEL is an export folder (models/<run>/<version>, or a run folder, whose newest version is
+    used) or a registered model, models:/NAME/VERSION. A sentiment model takes a `text` column
+    and answers label and probabilities; a language model takes a `prompt` column and the params
+    max_tokens, temperature, top_k and seed.
+    """
+    with _errors_as_one_line():
+        from pipeline import serving
+
+        serving.run(model, host, port, tracking_uri)

@@ -349,10 +349,11 @@ def _check_values(config: Config) -> None:
 def _check_ignored_keys(config: Config, layers: dict[str, int]) -> None:
     """Refuse a key set on purpose that another key makes meaningless, naming both.
 
-    A key counts as set on purpose when the preset or an override sets it no earlier than the
-    key that overrides it: `--set data.validation=dev.txt` on a preset with a validation fraction
-    replaces the fraction knowingly, but `--set data.validation_fraction=0.1` on a preset that
-    names a validation file would be silently ignored.
+    A key counts as set on purpose when it is set later than the key that overrides it:
+    `--set data.validation_fraction=0.1` on a preset that names a validation file would be
+    silently ignored, while `--set data.validation=dev.txt` on a preset with a validation
+    fraction replaces the fraction knowingly. Keys set together, in one YAML file, are a
+    resolved config (as each run logs it) and load as they are.
     """
     data = config.data
     # (ignored key, the key that overrides it, that key's value when it does, the fix)
@@ -365,7 +366,7 @@ def _check_ignored_keys(config: Config, layers: dict[str, int]) -> None:
                "it applies to TFDS data only; set data.tfds to a dataset name or drop it")
               for key in ("data.manual_dir", "data.tfds_data_dir")]
     for key, by, value, fix in rules:
-        if key in layers and value is not None and layers[key] >= layers.get(by, -1):
+        if key in layers and value is not None and layers[key] > layers.get(by, -1):
             raise ConfigError(f"config key {key} has no effect because {by} is {value}: {fix}")
 
 

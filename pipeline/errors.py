@@ -34,6 +34,10 @@ class TrainingError(PipelineError):
     """Training that cannot go on, such as a loss that became NaN."""
 
 
+class ServingError(PipelineError):
+    """A model server that cannot listen where asked, or that stopped by itself."""
+
+
 class Interrupted(BaseException):
     """The process was asked to stop (SIGINT or SIGTERM). Like `KeyboardInterrupt`, it is not an
     `Exception`, so no `except Exception` swallows it on the way out."""

@@ -25,10 +25,9 @@ from pipeline import cache, tracking
 from pipeline import config as config_lib
 from pipeline.config import Config
 from pipeline.errors import MissingStageError
-from pipeline.workdir import atomic_output, is_finished, producer, require_stage
+from pipeline.workdir import INFO_FILE, atomic_output, is_finished, producer, require_stage
 
 log = logging.getLogger(__name__)
-INFO_FILE = "pipeline.json"
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import ExportError
-from pipeline.export import INFO_FILE
+from pipeline.workdir import INFO_FILE
 
 
 def resolve_export(model_dir: str | Path) -> tuple[Path, dict]:

@@ -25,6 +25,8 @@ from pipeline.errors import MissingStageError
 
 STAGES = cache.STAGES
 DONE = "DONE"
+# Beside an export's saved_model.pb: its task, labels, run name and version.
+INFO_FILE = "pipeline.json"
 
 
 def stage_dir(config: Config, workdir: str | Path, stage: str) -> Path:

@@ -1,17 +1,17 @@
 """Real MLflow servers for tests: `mlflow server` on a free port of 127.0.0.1, stopped with its
 whole process group.
 
-`start_mlflow_server` and `stop_process_group` are plain functions, for a test that needs a server
-of its own or another process beside it (`mlflow models serve` answers `/health` too, so
-`wait_for_health` fits it). `mlflow_server` is the fixture most tests want: one server per test
-module, imported into conftest.py so every module can ask for it.
+`start_mlflow_server` and `stop_process_group` (the one `pipeline serve` stops its server with) are
+plain functions, for a test that needs a server of its own or another process beside it
+(`mlflow models serve` and `pipeline serve` answer `/health` too, so `wait_for_health` fits them).
+`mlflow_server` is the fixture most tests want: one server per test module, imported into
+conftest.py so every module can ask for it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
+
+from pipeline.serving import stop_process_group
 
 HOST = "127.0.0.1"
 
@@ -125,33 +127,6 @@ def wait_for_health(url: str, process: subprocess.Popen, log_path: Path, timeout
         if time.monotonic() > deadline:
             raise RuntimeError(f"{url}/health did not answer within {timeout:.0f} s:\n{_tail(log_path)}")
         time.sleep(0.25)
-
-
-def stop_process_group(process: subprocess.Popen, timeout: float = 20.0) -> None:
-    """SIGTERM the group that `process` leads (started with `start_new_session=True`), then SIGKILL
-    whatever is still there after `timeout` seconds."""
-    # The group outlives a reaped leader while its workers run, and its id cannot be reused
-    # before the last member is gone, so the group is signalled even then.
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            break
-        deadline = time.monotonic() + timeout
-        while _group_alive(process.pid) and time.monotonic() < deadline:
-            process.poll()  # reap the leader, or it lingers as a zombie and the group looks alive
-            time.sleep(0.1)
-        if not _group_alive(process.pid):
-            break
-    process.wait(timeout=timeout)
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def _tail(path: Path, chars: int = 4000) -> str:

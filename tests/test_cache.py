@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 
 import mlflow
@@ -31,7 +32,8 @@ def test_same_config_same_keys_and_normalised_values(sentiment_files, tmp_path):
 @pytest.mark.parametrize("change, first_changed", [
     ("train.epochs=3", "train"),
     ("model.units=16", "train"),
-    ("train.seed=7", "prepare"),  # the test split is carved with the seed
+    ("data.split_seed=7", "prepare"),  # the test split is carved with it
+    ("train.seed=7", "train"),  # the initialisation only: the carved splits stay
     ("tokenizer.vocab_size=50", "tokenize"),
     ("train.max_length=8", "tokenize"),  # a classifier's sequences are cut when encoded
     ("data.test_fraction=0.3", "prepare"),
@@ -43,10 +45,16 @@ def test_a_change_reruns_its_stage_and_everything_after(sentiment_files, tmp_pat
         assert (before[stage] != after[stage]) == (index >= first), stage
 
 
-@pytest.mark.parametrize("change", ["name=other", "export.dir=elsewhere", "export.register_as=tiny",
-                                    "data.tfds_data_dir=/x", "data.manual_dir=/y"])
+@pytest.mark.parametrize("change", ["name=other", "export.dir=elsewhere", "export.register_as=tiny"])
 def test_options_that_do_not_change_outputs_keep_every_key(sentiment_files, tmp_path, change):
     assert _keys(sentiment_files, tmp_path) == _keys(sentiment_files, tmp_path, change)
+
+
+@pytest.mark.parametrize("key", ["data.tfds_data_dir", "data.manual_dir"])
+def test_where_tfds_keeps_its_files_keeps_every_key(tmp_path, key):
+    shakespeare = ["task=lm", "data.tfds=tiny_shakespeare", "data.validation=validation", "model.bidirectional=false"]
+    before = cache.stage_keys(load_config(None, shakespeare))
+    assert cache.stage_keys(load_config(None, [*shakespeare, f"{key}={tmp_path}"])) == before
 
 
 def test_input_files_count_by_content_not_path(sentiment_files, tmp_path):
@@ -58,11 +66,42 @@ def test_input_files_count_by_content_not_path(sentiment_files, tmp_path):
     assert _keys(sentiment_files, tmp_path)["prepare"] != before["prepare"]
 
 
-def test_a_new_code_version_changes_every_key(sentiment_files, tmp_path, monkeypatch):
+def test_a_new_installed_version_changes_every_key(sentiment_files, tmp_path, monkeypatch):
     before = _keys(sentiment_files, tmp_path)
-    monkeypatch.setattr(cache, "code_version", lambda: "0.0.0+other")
+    monkeypatch.setattr(cache, "installed_version", lambda: "0.0.0")
     after = _keys(sentiment_files, tmp_path)
     assert all(before[s] != after[s] for s in cache.STAGES)
+
+
+EDITS = {
+    "docstring": lambda source: re.sub(r'"""(?=\w)', '"""Reworded. ', source),  # every docstring's opening
+    "comment": lambda source: "# A new comment, and every line below moves down.\n" + source,
+    "code": lambda source: source + "\nEDITED = 1\n",
+}
+
+
+@pytest.mark.parametrize("module, edit, first_changed", [
+    ("models", "docstring", None),
+    ("models", "comment", None),
+    ("models", "code", "train"),
+    ("generation", "code", "train"),  # imported inside a function of train
+    ("readers", "code", "prepare"),
+    ("cli", "code", None),  # no stage imports the CLI or predict
+    ("predict", "code", None),
+])
+def test_a_code_edit_reruns_only_the_stages_that_run_that_code(sentiment_files, tmp_path, module, edit,
+                                                                first_changed):
+    source = shutil.copytree(cache.PACKAGE_DIR, tmp_path / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    path = source / f"{module}.py"
+    original = path.read_text(encoding="utf-8")
+    edited = EDITS[edit](original)
+    assert edited != original, f"the {edit} edit found nothing to change in {module}.py"
+    path.write_text(edited, encoding="utf-8")
+    config = load_config(None, tiny_overrides(sentiment_files, tmp_path))
+    before, after = cache.stage_keys(config), cache.stage_keys(config, source)
+    first = len(cache.STAGES) if first_changed is None else cache.STAGES.index(first_changed)
+    for index, stage in enumerate(cache.STAGES):
+        assert (before[stage] != after[stage]) == (index >= first), stage
 
 
 def test_a_crash_mid_write_leaves_no_finished_looking_folder(tiny_config, tmp_path, monkeypatch):

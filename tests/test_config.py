@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.config import Config, fingerprint, flatten, load_config, parse_override, run_name
+from pipeline.config import Config, dump_yaml, fingerprint, flatten, load_config, parse_override, run_name
 from pipeline.errors import ConfigError
 
 from .conftest import PRESETS_DIR
@@ -134,3 +134,10 @@ def test_a_split_file_given_after_a_preset_fraction_replaces_it(tmp_path):
 def test_other_keys_that_another_key_makes_meaningless(overrides, ignored, by):
     with pytest.raises(ConfigError, match=f"^config key {ignored} has no effect because {by}: "):
         load_config(None, overrides)
+
+
+def test_a_resolved_config_loads_as_it_was_logged(tmp_path):
+    config = load_config(None, ["data.tfds=null", "data.train=train.txt", "data.validation=dev.txt",
+                                "data.test=test.txt"])
+    dump_yaml(config, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == config

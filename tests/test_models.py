@@ -67,13 +67,34 @@ def test_one_training_step_changes_every_language_model_weight(tie):
     _one_step_changes_every_weight(model, x, (x + 1) % 20, loss)
 
 
-@pytest.mark.parametrize("pooling", ["mean", "mean_max"])
-def test_pooling_ignores_padding(pooling):
+@pytest.mark.parametrize("ensemble", [1, 2])
+@pytest.mark.parametrize("bidirectional", [True, False])
+@pytest.mark.parametrize("pooling", ["final", "mean", "mean_max"])
+def test_padding_does_not_change_the_probabilities(pooling, bidirectional, ensemble):
+    # Every layer of a real run is in the model, token and plain dropout too (inactive outside
+    # training), so the embedding's mask must pass through all of them to the LSTMs and the pooling.
     keras.utils.set_random_seed(0)
-    model = models.build_sentiment_lstm(30, 2, units=4, embedding_dim=4, layers=1, pooling=pooling, dropout=0.0)
-    short = model(np.array([[2, 5, 6]], dtype="int32"))
-    padded = model(np.array([[2, 5, 6, 0, 0, 0]], dtype="int32"))
-    np.testing.assert_allclose(short, padded, atol=1e-6)
+    model = models.build_sentiment_lstm(30, 3, units=8, embedding_dim=8, layers=2, bidirectional=bidirectional,
+                                        dropout=0.3, embedding_dropout=0.3, pooling=pooling, ensemble=ensemble)
+    rows = [[2, 5, 6], [2, 7, 8, 9, 10]]
+    alone = np.concatenate([model(np.array([row], dtype="int32")) for row in rows])
+    for length in (5, 9):  # padded to the longest row, as in a batch, and further
+        padded = np.array([row + [0] * (length - len(row)) for row in rows], dtype="int32")
+        np.testing.assert_allclose(model(padded), alone, atol=1e-6)
+
+
+def test_the_mask_reaches_every_lstm_in_training_too():
+    # Outside training a dropout layer hands on its input tensor, mask attached; in training it
+    # makes a new tensor, and only its own mask support carries the mask over to the next LSTM.
+    keras.utils.set_random_seed(0)
+    model = models.build_sentiment_lstm(30, 2, units=4, embedding_dim=8, layers=2, dropout=0.3,
+                                        embedding_dropout=0.3, pooling="mean")
+    lstms = keras.Model(model.input, [model.get_layer(f"bidirectional_{i}").output for i in range(2)])
+    ids = np.random.default_rng(0).integers(1, 30, size=(16, 8)).astype("int32")
+    ids[:, 0], ids[:, 4:] = 2, 0
+    for outputs in lstms(ids, training=True):
+        # A masked Bidirectional outputs zeros at padded steps; an unmasked one runs on through them.
+        assert not keras.ops.convert_to_numpy(outputs)[:, 4:].any()
 
 
 def test_masked_max_pooling_skips_padded_positions_and_survives_save_and_load(tmp_path):
@@ -97,11 +118,11 @@ def test_tied_language_model_survives_save_and_load(tmp_path):
     assert loaded.count_params() == model.count_params()
 
 
-def test_token_dropout_keeps_the_mask():
-    keras.utils.set_random_seed(0)
-    model = models.build_sentiment_lstm(30, 2, units=4, embedding_dim=4, layers=1, pooling="mean",
-                                        dropout=0.0, embedding_dropout=0.5)
-    short = model(np.array([[2, 5, 6]], dtype="int32"), training=False)
-    padded = model(np.array([[2, 5, 6, 0, 0]], dtype="int32"), training=False)
-    np.testing.assert_allclose(short, padded, atol=1e-6)
-    assert model.get_layer("token_dropout").supports_masking
+def test_token_dropout_drops_whole_tokens():
+    model = models.build_sentiment_lstm(30, 2, units=4, embedding_dim=8, layers=1, embedding_dropout=0.5)
+    layer = model.get_layer("token_dropout")
+    out = keras.ops.convert_to_numpy(layer(np.ones((4, 50, 8), dtype="float32"), training=True))
+    kept = out != 0
+    # Each token keeps all its channels or none of them; about half the tokens go.
+    assert (kept.all(axis=-1) | ~kept.any(axis=-1)).all()
+    assert 0.3 < (~kept.any(axis=-1)).mean() < 0.7

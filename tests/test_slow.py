@@ -1,4 +1,4 @@
-"""Real corpora from ../shared/data: minutes of CPU, so marked slow (`make test-slow`)."""
+"""Real corpora, shipped in data/ or from ../shared/data: minutes of CPU, so marked slow (`make test-slow`)."""
 
 import json
 from pathlib import Path
@@ -19,21 +19,19 @@ def _needs(path: Path):
     return pytest.mark.skipif(not path.exists(), reason=f"{path} is not on this machine")
 
 
-@_needs(SHARED / "sst2")
-def test_sst2_local_preset(tmp_path):
-    config = load_config(PRESETS_DIR / "sst2_local.yaml", [
-        f"data.train={SHARED / 'sst2/stsa.binary.train'}", f"data.validation={SHARED / 'sst2/stsa.binary.dev'}",
-        f"export.dir={tmp_path / 'models'}"])
+def test_sst2_local_preset(tmp_path, monkeypatch):
+    monkeypatch.chdir(PRESETS_DIR.parent)  # the preset names the shipped files relative to the project
+    config = load_config(PRESETS_DIR / "sst2_local.yaml", [f"export.dir={tmp_path / 'models'}"])
     results = runner.run_all(config, tmp_path / "work")
-    # Measured 0.786-0.807 over seeds 42 and 1-4; this guards against regressions, not noise.
-    assert results["train"].best_metrics["val_accuracy"] >= 0.77
-    assert results["evaluate"].metrics["test_accuracy"] >= 0.75
+    # Measured on the dev sentences (the preset's test split): 0.811-0.822 over seeds 42, 1-4; this guards
+    # against regressions, not noise.
+    assert results["evaluate"].metrics["test_accuracy"] >= 0.79
 
 
 @_needs(SHARED / "cr")
 def test_customer_reviews_with_carved_splits(tmp_path):
     config = load_config(PRESETS_DIR / "sst2_local.yaml", [
-        "name=cr", f"data.train={SHARED / 'cr/custrev.all'}", "data.validation=null",
+        "name=cr", f"data.train={SHARED / 'cr/custrev.all'}", "data.test=null",
         "data.validation_fraction=0.1", "data.test_fraction=0.1", f"export.dir={tmp_path / 'models'}"])
     results = runner.run_all(config, tmp_path / "work")
     stats = json.loads((stage_dir(config, tmp_path / "work", "prepare") / "stats.json").read_text())

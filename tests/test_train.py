@@ -44,8 +44,9 @@ def test_training_writes_model_history_and_kernel_report(tiny_config, tmp_path):
         stage.run(tiny_config, tmp_path / "work")
     out = stage_dir(tiny_config, tmp_path / "work", "train")
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["epochs_run"] == 2 and summary["lstm_kernel"] in ("cudnn", "generic")
-    assert 0 <= summary["padding_fraction"] < 1
+    assert summary["epochs_run"] == 2
+    assert summary["lstm_kernel"] == ("cudnn" if models.gpu_visible() else "generic")
+    assert 0 < summary["padding_fraction"] < 1  # the tiny texts differ in length
     assert (out / "history.csv").read_text().splitlines()[0].startswith("epoch,")
 
 
