@@ -47,6 +47,9 @@ def common_options(command):
     def wrapper(config_path, override_string, overrides, workdir, tracking_uri, experiment, **kwargs):
         with _errors_as_one_line():
             config = load_config(config_path or None, [*shlex.split(override_string), *overrides])
+            from pipeline import distribute
+
+            distribute.make_logical_cpus(config)  # only possible before TensorFlow runs an op
             workdir = Path(workdir or Path("data") / "work" / config.name)
             from pipeline import tracking
 

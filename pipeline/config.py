@@ -120,6 +120,10 @@ class TrainConfig:
     ema_momentum: float = 0.0
     mixed_precision: Literal["auto", "on", "off"] = "auto"
     deterministic: bool = False
+    # Data-parallel training (see pipeline.distribute); batch_size stays the global batch.
+    distribute: Literal["auto", "none", "mirrored", "multi_worker"] = "auto"
+    # For `mirrored`: comma-separated devices such as "GPU:0,GPU:1" or "CPU:0,CPU:1"; empty = all GPUs.
+    devices: str = ""
     # Language models: each epoch, samples from "" and this prompt are logged to MLflow.
     sample_prompt: str = ""
     sample_tokens: int = 200
@@ -365,6 +369,9 @@ def _check_ignored_keys(config: Config, layers: dict[str, int]) -> None:
     rules += [(key, "data.tfds", "null" if data.tfds is None else None,
                "it applies to TFDS data only; set data.tfds to a dataset name or drop it")
               for key in ("data.manual_dir", "data.tfds_data_dir")]
+    mode = config.train.distribute
+    rules.append(("train.devices", "train.distribute", None if mode == "mirrored" else mode,
+                  "devices are for mirrored; set train.distribute=mirrored or drop train.devices"))
     for key, by, value, fix in rules:
         if key in layers and value is not None and layers[key] > layers.get(by, -1):
             raise ConfigError(f"config key {key} has no effect because {by} is {value}: {fix}")

@@ -20,7 +20,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from pipeline import cache, evaluate, export, models, prepare, tokenize, tracking, train
+from pipeline import cache, distribute, evaluate, export, models, prepare, tokenize, tracking, train
 from pipeline import config as config_lib
 from pipeline.config import Config
 from pipeline.workdir import STAGES, is_finished, producer, stage_dir
@@ -65,6 +65,7 @@ def run_all(config: Config, workdir: str | Path, force: str | None = None) -> di
     re-run too). A training killed earlier is resumed, in its original parent run.
     """
     first_forced = STAGES.index(force) if force else len(STAGES)
+    strategy = distribute.strategy_for(config)  # a bad device, batch or TF_CONFIG fails before any data work
     fingerprint = config_lib.fingerprint(config)
     resumed = train.resumable_run(config, workdir) if first_forced > STAGES.index("train") else None
     parent_id = resumed.run.get("parent_run_id") if resumed else None
@@ -75,7 +76,8 @@ def run_all(config: Config, workdir: str | Path, force: str | None = None) -> di
                                keep={parent_id, resumed.run.get("run_id") if resumed else None})
     results = {}
     name = f"{config_lib.run_name(config)}-{fingerprint}"
-    with tracking.start_run(name, tags=run_tags(config, workdir), run_id=parent_id):
+    with tracking.start_run(name, tags={**run_tags(config, workdir), **distribute.describe(config, strategy)},
+                            run_id=parent_id):
         if parent_id is None:
             log_config(config)
         else:

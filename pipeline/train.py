@@ -28,7 +28,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline import checkpoints, data, models, signals, tracking
+from pipeline import checkpoints, data, distribute, models, signals, tracking
 from pipeline.config import Config
 from pipeline.errors import TrainingError
 from pipeline.tokenize import load_split
@@ -52,6 +52,7 @@ def run(config: Config, workdir: str | Path) -> TrainResult:
     """Train the configured model (or resume its training) and write the best one to `model.keras`."""
     tokenized = require_stage(config, workdir, "tokenize", needed_by="train")
     prepared = require_stage(config, workdir, "prepare", needed_by="train")
+    strategy = distribute.strategy_for(config)
     setup_runtime(config)
     store = checkpoints.Store(partial_dir(config, workdir))
     resumed = store.latest()
@@ -60,20 +61,24 @@ def run(config: Config, workdir: str | Path) -> TrainResult:
     last_epoch = first_epoch if resumed and resumed.stopped_early else config.train.epochs
     vocab_size = json.loads((tokenized / "stats.json").read_text())["vocab_size"]
     train_ds, val_ds, extra = _datasets(config, tokenized, prepared, first_epoch)
-    model = models.build_model(config, vocab_size, len(extra.get("labels", [])))
-    model.compile(
-        optimizer=keras.optimizers.Adam(config.train.learning_rate, clipnorm=1.0, **_averaging(config)),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=config.task == "lm"),
-        metrics=["accuracy"],
-    )
+    with strategy.scope():  # variables made here are mirrored on every replica
+        model = models.build_model(config, vocab_size, len(extra.get("labels", [])))
+        model.compile(
+            optimizer=keras.optimizers.Adam(config.train.learning_rate, clipnorm=1.0, **_averaging(config)),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=config.task == "lm"),
+            metrics=["accuracy"],
+        )
+        if resumed:
+            resumed.restore(model)
     kernel = _report_kernels(model)
+    # The strategy the model was built under, which is the one fit runs it with.
+    tracking.set_tags(distribute.describe(config, model.distribute_strategy))
     if not resumed and "padding_fraction" in extra:
         tracking.log_metrics({"padding_fraction": extra["padding_fraction"]})
 
     early_stopping = checkpoints.ResumableEarlyStopping(
         resumed, monitor="val_loss", patience=config.train.patience, restore_best_weights=True)
     if resumed:
-        resumed.restore(model)
         tracking.log_epoch_history(resumed.history)  # epochs the killed process had no time to log
         log.info("resuming training after epoch %d of %d from %s", resumed.epoch, config.train.epochs, resumed.path)
     with signals.deferred():  # Ctrl-C stops between batches, never inside a checkpoint or an MLflow write

@@ -21,7 +21,7 @@ from pipeline.workdir import stage_dir
 
 from .conftest import PRESETS_DIR, lm_overrides, write_corpus
 
-SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" / "input.txt"
+SHAKESPEARE = PRESETS_DIR.parent / "data" / "tinyshakespeare" / "input.txt"  # shipped, see data/README.md
 
 
 def test_carved_splits_are_contiguous_tail_chunks(tmp_path):
@@ -168,7 +168,6 @@ def test_tiny_shakespeare_from_tfds_mock(tmp_path):
     assert result.counts == {"train": 1, "validation": 1, "test": 1} and result.labels == []
 
 
-@pytest.mark.skipif(not SHAKESPEARE.is_file(), reason=f"{SHAKESPEARE} is not on this machine")
 def test_real_tfds_builder_prepares_offline_from_the_placed_file(tmp_path):
     config = load_config(PRESETS_DIR / "shakespeare.yaml",
                          [f"data.manual_dir={SHAKESPEARE.parent}", f"data.tfds_data_dir={tmp_path / 'tfds'}"])
