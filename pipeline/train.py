@@ -8,6 +8,9 @@ Writes to its own folder, `<workdir>/train/<key>/`:
   - `samples/` (language models): text generated after each epoch.
 Per-epoch train and validation metrics go to MLflow with `step=epoch`.
 
+With `train.distribute` (see `pipeline.distribute`), the model and its optimizer are built in
+the strategy's scope and `fit` splits every global batch among the replicas.
+
 Training survives being killed: after every epoch a checkpoint (see `pipeline.checkpoints`)
 lands in `<workdir>/train/<key>.partial/`, and the same command later continues from the last
 finished epoch, in the same MLflow run.
@@ -60,7 +63,7 @@ def run(config: Config, workdir: str | Path) -> TrainResult:
     # A checkpoint taken as early stopping fired has no epochs left; fit then only restores the best weights.
     last_epoch = first_epoch if resumed and resumed.stopped_early else config.train.epochs
     vocab_size = json.loads((tokenized / "stats.json").read_text())["vocab_size"]
-    train_ds, val_ds, extra = _datasets(config, tokenized, prepared, first_epoch)
+    train_ds, val_ds, extra = datasets(config, tokenized, prepared, first_epoch)
     with strategy.scope():  # variables made here are mirrored on every replica
         model = models.build_model(config, vocab_size, len(extra.get("labels", [])))
         model.compile(
@@ -146,7 +149,7 @@ def setup_runtime(config: Config) -> None:
     keras.mixed_precision.set_global_policy("mixed_float16" if use_mixed else "float32")
 
 
-def _datasets(config: Config, tokenized: Path, prepared: Path, first_epoch: int):
+def datasets(config: Config, tokenized: Path, prepared: Path, first_epoch: int):
     """Training batches for epochs `first_epoch` onwards, validation batches, and what else train needs."""
     t = config.train
     epochs = range(first_epoch, t.epochs)
