@@ -78,13 +78,15 @@ def start_mlflow_server(root: Path, timeout: float = 60.0) -> MLflowServer:
 def serve_model(model_uri: str, tracking_uri: str, root: Path, timeout: float = 120.0) -> Iterator[str]:
     """`mlflow models serve -m model_uri --env-manager local` on a free loopback port; yields its URL.
 
-    The scoring server runs `uvicorn` by name, so this interpreter's bin folder leads PATH.
+    The command and PATH are the ones `pipeline serve` uses (`tracking.serve_command`: this
+    interpreter's bin folder leads PATH, as the scoring server runs `uvicorn` by name).
     """
+    from pipeline import tracking
+
     port = free_port()
-    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
-               "--host", HOST, "--port", str(port), "--workers", "1"]
-    env = child_env(tracking_uri, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    url, process = _launch(command, env, root, root / f"serve-{port}.log", port, timeout)
+    command, served_env = tracking.serve_command(model_uri, HOST, port)
+    env = child_env(tracking_uri, PATH=served_env["PATH"])
+    url, process = _launch([*command, "--workers", "1"], env, root, root / f"serve-{port}.log", port, timeout)
     try:
         yield url
     finally:
