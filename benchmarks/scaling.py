@@ -1,9 +1,11 @@
-"""Data-parallel scaling: the same model, data and global batch on 1 replica and on N mirrored ones.
+"""Data-parallel scaling: the same model, data and global batch on 1 replica, on N mirrored ones,
+and on N worker processes (`multi_worker`, one replica each, on loopback ports).
 
 Trains the SST-2 preset's model (`configs/sst2_local.yaml`, or --config) for the same epochs once
 per replica count, each in a fresh process (logical CPUs can only be made before TensorFlow
 starts), through the pipeline's own strategy, batches and model (Adam as the preset sets it,
-without the moving average of the weights). Prints real (non-pad) tokens
+without the moving average of the weights): `model.fit` on one process, the pipeline's own
+distributed loop (`distribute.fit`) across workers. Prints real (non-pad) tokens
 per second over the training loop, the scaling efficiency (tokens/s of N replicas divided by N
 times tokens/s of one) and the validation loss and accuracy after the last epoch, which should
 agree: the replicas split each global batch, so they take the same steps.
@@ -11,7 +13,8 @@ agree: the replicas split each global batch, so they take the same steps.
 On a CPU-only machine, N replicas are N logical CPUs sharing the same cores, so no speed-up is
 expected: the figure is the overhead. On a GPU host, `--devices GPU` uses the GPUs instead.
 
-    python benchmarks/scaling.py [--config configs/sst2_local.yaml] [--replicas 1 2] [--epochs 1] [--devices CPU]
+    python benchmarks/scaling.py [--config configs/sst2_local.yaml] [--replicas 1 2] [--workers 2] [--epochs 1]
+                                 [--devices CPU]
 """
 
 from __future__ import annotations
@@ -39,25 +42,34 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--devices", choices=["CPU", "GPU"], default="CPU", help="what a replica runs on")
     parser.add_argument("--workdir", type=Path, default=ROOT / "data" / "work" / "bench-scaling",
                         help="where prepare and tokenize outputs are kept (reused between runs)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="worker processes for the multi_worker row (0: no such row)")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)  # internal: train with this many replicas
+    parser.add_argument("--worker-of", type=int, help=argparse.SUPPRESS)  # internal: one of this many workers
     return parser.parse_args(argv)
 
 
-def config_for(args: argparse.Namespace, replicas: int):
+def config_for(args: argparse.Namespace, replicas: int, workers: int = 0):
     from pipeline.config import load_config
 
     devices = ",".join(f"{args.devices}:{i}" for i in range(replicas))
-    mode = ["train.distribute=none"] if replicas == 1 else ["train.distribute=mirrored", f"train.devices={devices}"]
+    if workers:
+        mode = ["train.distribute=multi_worker"]
+    elif replicas == 1:
+        mode = ["train.distribute=none"]
+    else:
+        mode = ["train.distribute=mirrored", f"train.devices={devices}"]
     return load_config(args.config, [*mode, f"train.epochs={args.epochs}"])
 
 
 def child(args: argparse.Namespace) -> dict:
-    """Train with `args.child` replicas in this process; return the figures as a dict."""
+    """Train with `args.child` replicas (or as one of `args.worker_of` workers) in this process;
+    return the figures as a dict."""
     from pipeline import distribute, models, tokenize
     from pipeline import train as train_stage
     from pipeline.workdir import stage_dir
 
-    config = config_for(args, args.child)
+    config = config_for(args, args.child or 1, workers=args.worker_of or 0)
     distribute.make_logical_cpus(config)
     strategy = distribute.strategy_for(config)
     train_stage.setup_runtime(config)
@@ -69,13 +81,17 @@ def child(args: argparse.Namespace) -> dict:
         model = models.build_model(config, vocab, len(extra["labels"]))
         model.compile(optimizer=keras.optimizers.Adam(config.train.learning_rate, clipnorm=1.0),
                       loss=keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
+        model.optimizer.build(model.trainable_variables)
     timer = LoopTimer()
-    history = model.fit(train_ds, validation_data=val_ds, epochs=args.epochs, steps_per_epoch=extra["steps_per_epoch"],
-                        callbacks=[timer], verbose=0)
+    fit_args = {"epochs": args.epochs, "steps_per_epoch": extra["steps_per_epoch"], "callbacks": [timer], "verbose": 0}
+    if distribute.needs_own_loop(strategy):
+        history = distribute.fit(model, strategy, train_ds, val_ds, initial_epoch=0, from_logits=False, **fit_args)
+    else:
+        history = model.fit(train_ds, validation_data=val_ds, **fit_args).history
     tokens = int(tokenize.load_split(tokenized, "train")["lengths"].sum()) * args.epochs
-    return {"replicas": strategy.num_replicas_in_sync, "strategy": type(strategy).__name__,
+    return {"replicas": strategy.num_replicas_in_sync, "strategy": distribute.describe(config, strategy)["strategy"],
             "tokens_per_s": tokens / timer.seconds, "train_seconds": timer.seconds,
-            "val_loss": history.history["val_loss"][-1], "val_accuracy": history.history["val_accuracy"][-1]}
+            "val_loss": history["val_loss"][-1], "val_accuracy": history["val_accuracy"][-1]}
 
 
 class LoopTimer(keras.callbacks.Callback):
@@ -96,7 +112,7 @@ class LoopTimer(keras.callbacks.Callback):
 
 def main() -> int:
     args = parse_args()
-    if args.child:
+    if args.child or args.worker_of:
         print(json.dumps(child(args)))
         return 0
     from pipeline import prepare, tokenize
@@ -109,14 +125,30 @@ def main() -> int:
             module.run(base, args.workdir)
     results = []
     for replicas in args.replicas:
-        command = [sys.executable, __file__, "--child", str(replicas), *sys.argv[1:]]
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
-        if done.returncode:
-            sys.stderr.write(done.stderr[-3000:])
-            return done.returncode
-        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        results.append(run_children([["--child", str(replicas)]], [None]))
+    if args.workers:
+        from pipeline import launch
+
+        addresses = [f"127.0.0.1:{port}" for port in launch.free_ports(args.workers)]
+        results.append(run_children([["--worker-of", str(args.workers)]] * args.workers,
+                                    [launch.worker_env(addresses, i) for i in range(args.workers)]))
+    if any(r is None for r in results):
+        return 1
     print_table(results, args)
     return 0
+
+
+def run_children(extra_args: list[list[str]], envs: list[dict | None]) -> dict | None:
+    """Start this script once per entry, together; the first one's figures (None if any failed)."""
+    children = [subprocess.Popen([sys.executable, __file__, *extra, *sys.argv[1:]], env=env, text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                for extra, env in zip(extra_args, envs, strict=True)]
+    outputs = [c.communicate() for c in children]
+    for c, (_, err) in zip(children, outputs, strict=True):
+        if c.returncode:
+            sys.stderr.write(err[-3000:])
+            return None
+    return json.loads(outputs[0][0].strip().splitlines()[-1])
 
 
 def print_table(results: list[dict], args: argparse.Namespace) -> None:
@@ -131,7 +163,7 @@ def print_table(results: list[dict], args: argparse.Namespace) -> None:
     config = args.config.resolve()
     config = config.relative_to(ROOT) if config.is_relative_to(ROOT) else config
     print(f"\nreproduce: python benchmarks/scaling.py --config {config} --replicas {replicas} "
-          f"--epochs {args.epochs} --devices {args.devices}")
+          f"--workers {args.workers} --epochs {args.epochs} --devices {args.devices}")
 
 
 if __name__ == "__main__":

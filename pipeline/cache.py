@@ -77,6 +77,7 @@ def _stage_config(config: Config, stage: str) -> dict[str, Any]:
     elif stage == "train":
         unused = ({"train.max_length", "train.buckets"} if lm else
                   {"train.sequence_length", "train.sample_prompt", "train.sample_tokens", "train.max_length"})
+        unused |= {"train.worker_timeout"}  # how long to wait for a worker changes no result
         wanted = ["task", *(k for k in flat if k.startswith(("model.", "train.")) and k not in unused)]
     else:
         # evaluate and export read only what train and tokenize wrote, through their keys.

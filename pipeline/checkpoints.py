@@ -38,7 +38,7 @@ BEST = "best.npz"
 class Checkpoint:
     """One finished epoch's checkpoint, as found on disk."""
 
-    path: Path
+    path: Path | None  # None on workers 1.. of a cluster: the chief holds the files (`distribute.resume_point`)
     epoch: int  # epochs completed, so training resumes at this (0-based) epoch index
     history: dict[str, list[float]]
     state: dict[str, Any]
@@ -55,12 +55,14 @@ class Checkpoint:
     def restore(self, model: keras.Model) -> None:
         """Load weights, optimizer state and seed-generator states into a freshly compiled model."""
         model.optimizer.build(model.trainable_variables)
+        if self.path is None:
+            return  # the values come from the chief (`distribute.sync_from_chief`)
         model.load_weights(self.path / WEIGHTS)
         for variable, value in zip(_rng_variables(model), self.state["rng"], strict=True):
             variable.assign(np.asarray(value, dtype=variable.dtype))
 
     def best_weights(self) -> list[np.ndarray] | None:
-        if not (self.path / BEST).is_file():
+        if self.path is None or not (self.path / BEST).is_file():
             return None
         with np.load(self.path / BEST, allow_pickle=False) as arrays:
             return [arrays[f"w{i}"] for i in range(len(arrays.files))]

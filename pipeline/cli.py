@@ -86,7 +86,9 @@ def main(verbose: bool) -> None:
     """
     # Ctrl-C and SIGTERM unwind the stack like an exception, so runs are marked KILLED on the way.
     if not verbose:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        # In a cluster, TensorFlow's C++ side reports each worker that exits after training as
+        # "crashed"; the pipeline reports a lost worker itself, in one line.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3" if "TF_CONFIG" in os.environ else "2")
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     for noisy in ("absl", "tensorflow", "h5py", "matplotlib", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.ERROR)
@@ -106,6 +108,9 @@ def run(config, workdir, force) -> None:
     from pipeline import runner, tracking
 
     results = runner.run_all(config, workdir, force=force)
+    if "evaluate" not in results:  # workers 1.. of a cluster
+        click.echo("training done; worker 0 evaluates, exports and logs to MLflow")
+        return
     metrics = results["evaluate"].metrics
     click.echo(" ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
     export_path = results["export"].path
@@ -124,6 +129,27 @@ def _program() -> str:
         return str(script.relative_to(Path.cwd())) if script.is_file() else "pipeline"
     except ValueError:
         return "pipeline"
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--workers", required=True, type=click.IntRange(min=2), help="Worker processes to start.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def launch(workers, command) -> None:
+    """Train on WORKERS processes of this machine as one multi-worker cluster, CPU only.
+
+    COMMAND is a `run` or `train` command line, after `--`, e.g.
+    `pipeline launch --workers 2 -- run --config configs/sst2_local.yaml`. Each worker gets a
+    loopback port and its TF_CONFIG, and trains with train.distribute=multi_worker; worker 0
+    writes the outputs, logs to MLflow and prints here. Exits with worker 0's code (or a failed
+    worker's). On several hosts, set TF_CONFIG on each and run the command itself (see README).
+    """
+    from pipeline import launch as launch_lib
+
+    if command[0] not in launch_lib.COMMANDS:
+        raise click.UsageError(f"launch runs a training command ({' or '.join(launch_lib.COMMANDS)}), "
+                               f"not {command[0]!r}: pipeline launch --workers {workers} -- run --config ...")
+    verbose = click.get_current_context().find_root().params.get("verbose", False)
+    sys.exit(launch_lib.run(list(command), workers, verbose=verbose))
 
 
 def _stage_command(stage: str):

@@ -124,6 +124,9 @@ class TrainConfig:
     distribute: Literal["auto", "none", "mirrored", "multi_worker"] = "auto"
     # For `mirrored`: comma-separated devices such as "GPU:0,GPU:1" or "CPU:0,CPU:1"; empty = all GPUs.
     devices: str = ""
+    # For `multi_worker`: seconds a worker waits for the others, at start and at every step, before
+    # it stops with an error (a worker whose process is gone is noticed sooner).
+    worker_timeout: float = 120.0
     # Language models: each epoch, samples from "" and this prompt are logged to MLflow.
     sample_prompt: str = ""
     sample_tokens: int = 200
@@ -164,7 +167,7 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
     # Which layer set each dotted key last: 0 the preset, 1.. the overrides in order.
     layers: dict[str, int] = {}
     if path is not None:
-        tree = _read_yaml(Path(path))
+        tree = read_yaml(Path(path))
         layers = {key: 0 for key in _dotted_keys(tree)}
         if "name" not in tree:
             tree["name"] = Path(path).stem
@@ -218,17 +221,52 @@ def dump_yaml(config: Config, path: Path) -> None:
     path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False), encoding="utf-8")
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def with_values(config: Config, values: dict[str, Any]) -> Config:
+    """`config` with some dotted keys set to new values, checked as `load_config` checks a preset.
+
+    Args:
+        config: the config to start from.
+        values: new values by dotted key, e.g. `{"model.units": 96}` (a sweep trial's values).
+
+    Returns:
+        The new, validated config; a `ConfigError` names an unknown key or a bad value.
+    """
+    tree = to_dict(config)
+    for key, value in values.items():
+        check_key(key)
+        _set_dotted(tree, key, value)
+    changed = _build(Config, tree, prefix="")
+    _check_values(changed)
+    return changed
+
+
+def check_key(key: str) -> None:
+    """Raise `ConfigError` unless `key` is a dotted config key such as `model.units`; the message
+    names the nearest valid key."""
+    valid = list(flatten(Config()))
+    if key not in valid:
+        raise ConfigError(_unknown_key_message(key, valid))
+
+
+def read_yaml(path: Path, kind: str = "config file",
+              missing: str = "pass a YAML preset from configs/") -> dict[str, Any]:
+    """A YAML file holding a mapping, read as presets are read (YAML 1.2 booleans and floats).
+
+    Args:
+        path: the file.
+        kind: what the file is, for error messages ("config file", "space file").
+        missing: the fix to suggest when the file does not exist.
+    """
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist; pass a YAML preset from configs/")
+        raise ConfigError(f"{kind} {path} does not exist; {missing}")
     try:
         tree = _load_yaml(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise ConfigError(f"config file {path} is not valid UTF-8 YAML: {err}") from None
+        raise ConfigError(f"{kind} {path} is not valid UTF-8 YAML: {err}") from None
     if tree is None:
         return {}
     if not isinstance(tree, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of keys, not {type(tree).__name__}")
+        raise ConfigError(f"{kind} {path} must hold a mapping of keys, not {type(tree).__name__}")
     return tree
 
 
@@ -338,6 +376,8 @@ def _check_values(config: Config) -> None:
             raise ConfigError(f"config key {key} must be in [0, 1); got {value}")
     if config.train.learning_rate <= 0:
         raise ConfigError(f"config key train.learning_rate must be positive; got {config.train.learning_rate}")
+    if config.train.worker_timeout <= 0:
+        raise ConfigError(f"config key train.worker_timeout must be above 0 seconds; got {config.train.worker_timeout}")
     if config.data.train is None:
         raise ConfigError("config key data.train is required: a TFDS split or a local file")
     if config.task == "lm" and config.model.bidirectional:

@@ -35,8 +35,15 @@ def run_stage(stage: str, config: Config, workdir: str | Path, force: bool = Fal
     A finished output for this config is reused unless `force`; an interrupted training is
     resumed into its MLflow run, unless `force` throws its checkpoints away.
     """
+    worker = distribute.role(config)
+    if not worker.is_chief:
+        return train_beside_chief(config, workdir) if stage == "train" else _chief_only(stage, worker)
+    if stage == "train":
+        distribute.strategy_for(config)  # joins a cluster before any run is opened
     output = finished_output(stage, config, workdir)
     if output is not None and not force:
+        if stage == "train":
+            distribute.skip_training(distribute.strategy_for(config))  # the other workers wait for word
         return _reuse(stage, config, workdir, output)
     resume_id = None
     if stage == "train":
@@ -58,14 +65,18 @@ def run_stage(stage: str, config: Config, workdir: str | Path, force: bool = Fal
     return result
 
 
-def run_all(config: Config, workdir: str | Path, force: str | None = None) -> dict[str, Any]:
+def run_all(config: Config, workdir: str | Path, force: str | None = None,
+            tags: dict[str, str] | None = None) -> dict[str, Any]:
     """Run every stage in order under one parent run; the test metrics land on the parent too.
 
     `force` names the first stage to re-run even if its output exists (every later stage is
-    re-run too). A training killed earlier is resumed, in its original parent run.
+    re-run too). A training killed earlier is resumed, in its original parent run. `tags` are
+    added to the parent run (a sweep names its study and trial there).
     """
     first_forced = STAGES.index(force) if force else len(STAGES)
     strategy = distribute.strategy_for(config)  # a bad device, batch or TF_CONFIG fails before any data work
+    if not distribute.is_chief(strategy):
+        return {"train": train_beside_chief(config, workdir, fresh=first_forced <= STAGES.index("tokenize"))}
     fingerprint = config_lib.fingerprint(config)
     resumed = train.resumable_run(config, workdir) if first_forced > STAGES.index("train") else None
     parent_id = resumed.run.get("parent_run_id") if resumed else None
@@ -76,8 +87,8 @@ def run_all(config: Config, workdir: str | Path, force: str | None = None) -> di
                                keep={parent_id, resumed.run.get("run_id") if resumed else None})
     results = {}
     name = f"{config_lib.run_name(config)}-{fingerprint}"
-    with tracking.start_run(name, tags={**run_tags(config, workdir), **distribute.describe(config, strategy)},
-                            run_id=parent_id):
+    with tracking.start_run(name, tags={**run_tags(config, workdir), **distribute.describe(config, strategy),
+                                        **(tags or {})}, run_id=parent_id):
         if parent_id is None:
             log_config(config)
         else:
@@ -86,6 +97,8 @@ def run_all(config: Config, workdir: str | Path, force: str | None = None) -> di
             if parent_id and index < first_forced and tracking.finished_child(parent_id, stage):
                 # A resumed parent run already holds this stage's run.
                 log.info("== %s: done earlier in this run", stage)
+                if stage == "train":
+                    distribute.skip_training(strategy)
                 results[stage] = MODULES[stage].load(config, workdir)
                 continue
             results[stage] = run_stage(stage, config, workdir, force=index >= first_forced)
@@ -93,6 +106,31 @@ def run_all(config: Config, workdir: str | Path, force: str | None = None) -> di
         tracking.log_metrics(results["evaluate"].metrics)
         tracking.set_tags({"export_path": results["export"].path, "lstm_kernel": results["train"].lstm_kernel})
     return results
+
+
+def train_beside_chief(config: Config, workdir: str | Path, fresh: bool = False) -> train.TrainResult | None:
+    """A worker's part in a multi-worker training, worker 0 being the chief: the same data and
+    training, without MLflow, in a scratch folder deleted afterwards. The chief's finished prepare
+    and tokenize outputs are read where this worker sees them (same host, shared filesystem),
+    unless `fresh` (the chief is re-making them)."""
+    with tempfile.TemporaryDirectory(prefix="pipeline-worker-") as scratch:
+        for stage in ("prepare", "tokenize"):
+            done = None if fresh else finished_output(stage, config, workdir)
+            if done is None:
+                MODULES[stage].run(config, scratch)
+            else:
+                link = stage_dir(config, scratch, stage)
+                link.parent.mkdir(parents=True)
+                link.symlink_to(done.resolve(), target_is_directory=True)
+        try:
+            return train.run(config, scratch)
+        except distribute.NothingToTrain:
+            log.info("worker 0 has this training's output already; nothing to train")
+            return None
+
+
+def _chief_only(stage: str, worker: distribute.Cluster) -> None:
+    log.info("worker %d of %d: %s runs on worker 0 only; nothing to do here", worker.index, worker.workers, stage)
 
 
 def finished_output(stage: str, config: Config, workdir: str | Path) -> Path | None:

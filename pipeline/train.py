@@ -9,7 +9,8 @@ Writes to its own folder, `<workdir>/train/<key>/`:
 Per-epoch train and validation metrics go to MLflow with `step=epoch`.
 
 With `train.distribute` (see `pipeline.distribute`), the model and its optimizer are built in
-the strategy's scope and `fit` splits every global batch among the replicas.
+the strategy's scope and `fit` splits every global batch among the replicas; under
+`multi_worker`, `distribute.fit` drives the same callbacks, and only worker 0 writes.
 
 Training survives being killed: after every epoch a checkpoint (see `pipeline.checkpoints`)
 lands in `<workdir>/train/<key>.partial/`, and the same command later continues from the last
@@ -18,6 +19,7 @@ finished epoch, in the same MLflow run.
 
 from __future__ import annotations
 
+import contextvars
 import csv
 import json
 import logging
@@ -39,6 +41,10 @@ from pipeline.workdir import is_finished, require_stage, stage_dir, stage_output
 
 log = logging.getLogger(__name__)
 
+# Callbacks added to every training started in this context, after the checkpoint and the MLflow
+# metrics of each epoch (a sweep's pruning reporter). Each entry is called to make a fresh callback.
+extra_callbacks: contextvars.ContextVar[tuple] = contextvars.ContextVar("extra_callbacks", default=())
+
 
 @dataclass(frozen=True)
 class TrainResult:
@@ -52,27 +58,25 @@ class TrainResult:
 
 
 def run(config: Config, workdir: str | Path) -> TrainResult:
-    """Train the configured model (or resume its training) and write the best one to `model.keras`."""
+    """Train the configured model (or resume its training) and write the best one to `model.keras`.
+
+    On workers 1.. of a multi-worker cluster the same training runs, but nothing is written:
+    the chief (worker 0) keeps the checkpoints and the output.
+    """
     tokenized = require_stage(config, workdir, "tokenize", needed_by="train")
     prepared = require_stage(config, workdir, "prepare", needed_by="train")
     strategy = distribute.strategy_for(config)
+    chief = distribute.is_chief(strategy)
     setup_runtime(config)
     store = checkpoints.Store(partial_dir(config, workdir))
-    resumed = store.latest()
+    resumed = distribute.resume_point(strategy, store.latest() if chief else None,
+                                      [load_split(tokenized, "train")["ids"]])
     first_epoch = resumed.epoch if resumed else 0
     # A checkpoint taken as early stopping fired has no epochs left; fit then only restores the best weights.
     last_epoch = first_epoch if resumed and resumed.stopped_early else config.train.epochs
     vocab_size = json.loads((tokenized / "stats.json").read_text())["vocab_size"]
     train_ds, val_ds, extra = datasets(config, tokenized, prepared, first_epoch)
-    with strategy.scope():  # variables made here are mirrored on every replica
-        model = models.build_model(config, vocab_size, len(extra.get("labels", [])))
-        model.compile(
-            optimizer=keras.optimizers.Adam(config.train.learning_rate, clipnorm=1.0, **_averaging(config)),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=config.task == "lm"),
-            metrics=["accuracy"],
-        )
-        if resumed:
-            resumed.restore(model)
+    model = _compiled_model(config, strategy, vocab_size, len(extra.get("labels", [])), resumed)
     kernel = _report_kernels(model)
     # The strategy the model was built under, which is the one fit runs it with.
     tracking.set_tags(distribute.describe(config, model.distribute_strategy))
@@ -83,18 +87,25 @@ def run(config: Config, workdir: str | Path) -> TrainResult:
         resumed, monitor="val_loss", patience=config.train.patience, restore_best_weights=True)
     if resumed:
         tracking.log_epoch_history(resumed.history)  # epochs the killed process had no time to log
-        log.info("resuming training after epoch %d of %d from %s", resumed.epoch, config.train.epochs, resumed.path)
+        log.info("resuming training after epoch %d of %d from %s", resumed.epoch, config.train.epochs,
+                 resumed.path or "worker 0's checkpoint")
+    callbacks = _callbacks(config, store if chief else None, early_stopping, extra)
+    fit_args = {"epochs": last_epoch, "initial_epoch": first_epoch, "steps_per_epoch": extra["steps_per_epoch"],
+                "callbacks": callbacks, "verbose": 2 if _quiet() else 1}
     with signals.deferred():  # Ctrl-C stops between batches, never inside a checkpoint or an MLflow write
-        history = model.fit(
-            train_ds, validation_data=val_ds, epochs=last_epoch, initial_epoch=first_epoch,
-            steps_per_epoch=extra["steps_per_epoch"], callbacks=_callbacks(config, store, early_stopping, extra),
-            verbose=2 if _quiet() else 1, shuffle=False,
-        )
-    history = checkpoints.join_history(resumed.history if resumed else {}, history.history)
+        if distribute.needs_own_loop(strategy):
+            history = distribute.fit(model, strategy, train_ds, val_ds, from_logits=config.task == "lm", **fit_args)
+        else:
+            history = model.fit(train_ds, validation_data=val_ds, shuffle=False, **fit_args).history
+    distribute.training_over(strategy)
+    history = checkpoints.join_history(resumed.history if resumed else {}, history)
     _check_finite(history, config)
 
     final = stage_dir(config, workdir, "train")
     result = _summarise(history, final / "model.keras", kernel)
+    if not chief:
+        log.info("worker %d: training done; worker 0 writes the model", strategy.cluster_resolver.task_id)
+        return result
     with stage_output(config, workdir, "train") as out:
         model.save(out / "model.keras")
         write_history(history, out / "history.csv")
@@ -105,6 +116,26 @@ def run(config: Config, workdir: str | Path) -> TrainResult:
     store.remove()
     log.info("trained %d epochs; best epoch %d: %s", result.epochs_run, result.best_epoch, result.best_metrics)
     return result
+
+
+def _compiled_model(config: Config, strategy: tf.distribute.Strategy, vocab_size: int, labels: int,
+                    resumed: checkpoints.Checkpoint | None) -> keras.Model:
+    """The model and its optimizer, made in the strategy's scope (variables mirrored on every replica),
+    with a checkpoint's state restored: from disk, and on other workers from the chief."""
+    with strategy.scope():
+        model = models.build_model(config, vocab_size, labels)
+        model.compile(
+            optimizer=keras.optimizers.Adam(config.train.learning_rate, clipnorm=1.0, **_averaging(config)),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=config.task == "lm"),
+            metrics=["accuracy"],
+        )
+        model.optimizer.build(model.trainable_variables)  # its variables too are made on every replica
+    if resumed:
+        # Outside the scope: reading a checkpoint makes scratch variables of its own, which must not
+        # become distributed ones (made on the chief alone, they would wait for the other workers).
+        resumed.restore(model)
+        distribute.sync_from_chief(strategy, model)
+    return model
 
 
 def load(config: Config, workdir: str | Path) -> TrainResult:
@@ -179,22 +210,25 @@ def _averaging(config: Config) -> dict:
     return {"use_ema": True, "ema_momentum": momentum, "ema_overwrite_frequency": None} if momentum else {}
 
 
-def _callbacks(config: Config, store: checkpoints.Store, early_stopping: keras.callbacks.EarlyStopping,
+def _callbacks(config: Config, store: checkpoints.Store | None, early_stopping: keras.callbacks.EarlyStopping,
                extra: dict) -> list[keras.callbacks.Callback]:
+    """The training's callbacks; without a `store` (workers 1.. of a cluster) nothing is written."""
     # Order matters: the checkpoint sees early stopping's state for the epoch, and metrics reach
     # MLflow only after the checkpoint is on disk, so a resumed run never logs an epoch twice.
     averaged = checkpoints.AveragedWeights() if config.train.ema_momentum else None
-    callbacks = [early_stopping, checkpoints.EpochCheckpoint(store, early_stopping, averaged),
-                 keras.callbacks.TerminateOnNaN()]
+    callbacks = [early_stopping, keras.callbacks.TerminateOnNaN()]
+    if store is not None:
+        callbacks.insert(1, checkpoints.EpochCheckpoint(store, early_stopping, averaged))
     if averaged:
         callbacks.insert(0, averaged)  # first: the callbacks after it see the averaged weights
     if config.task == "lm":
         callbacks.insert(0, BitsPerCharacter(extra["validation_tokens"], extra["validation_characters"]))
-        callbacks.append(SampleText(extra["tokenizer"], store.root / "samples", config.train.sample_prompt,
-                                    config.train.sample_tokens, seed=config.train.seed))
+        if store is not None:
+            callbacks.append(SampleText(extra["tokenizer"], store.root / "samples", config.train.sample_prompt,
+                                        config.train.sample_tokens, seed=config.train.seed))
     if tracking.active():
         callbacks.append(tracking.EpochMetricsCallback())
-    return [*callbacks, signals.StopOnSignal()]
+    return [*callbacks, *(make() for make in extra_callbacks.get()), signals.StopOnSignal()]
 
 
 class BitsPerCharacter(keras.callbacks.Callback):
