@@ -35,4 +35,4 @@ bench: install
 # Only what the pipeline and its tools generated: data/ also holds the shipped corpora and the
 # TFDS downloads a user placed in data/tfds/downloads/manual/, which stay.
 clean:
-	rm -rf $(VENV) data/work models mlruns mlartifacts mlflow.db mlflow.db.lock .pytest_cache .ruff_cache
+	rm -rf $(VENV) data/work models mlruns mlartifacts mlflow.db mlflow.db.lock optuna.db .pytest_cache .ruff_cache

@@ -131,6 +131,44 @@ def _program() -> str:
         return "pipeline"
 
 
+@main.command()
+@common_options
+@click.option("--space", "space_path", required=True, type=click.Path(dir_okay=False),
+              help="YAML file naming the objective, sampler, pruner and the config keys to search, "
+                   "e.g. configs/sweeps/sst2.yaml.")
+@click.option("--trials", default=20, show_default=True, type=click.IntRange(min=1),
+              help="Trials the study should hold, counted over every process working on it (complete, pruned, "
+                   "or failed by their values); this process stops when the study has them.")
+@click.option("--study", "study_name",
+              help="Optuna study name; processes with the same study and storage share the work. "
+                   "Default: <config name>-<space file name>.")
+@click.option("--storage",
+              help="Optuna storage: sqlite:///FILE, or a SQLAlchemy URL such as postgresql://USER:PASSWORD@HOST/DB "
+                   "that several hosts share. Default: sqlite:///optuna.db here.")
+def sweep(config, workdir, space_path, trials, study_name, storage) -> None:
+    """Search config values with Optuna, each trial a `pipeline run`.
+
+    Trials reuse finished stages, hopeless ones are pruned between epochs, and in MLflow every trial
+    nests under one sweep run per process. Start the same command in more processes (on more hosts,
+    with a shared --storage and --tracking-uri) to share the work. Ends with the trials, best first,
+    and the `pipeline run` line of the best one.
+    """
+    from pipeline import sweep as sweep_lib
+    from pipeline import tracking
+
+    space = sweep_lib.load_space(space_path, config)
+    study = study_name or f"{config.name}-{Path(space_path).stem}"
+    result = sweep_lib.run(config, workdir, space, trials, study, storage or sweep_lib.DEFAULT_STORAGE)
+    click.echo(tracking.format_table(result.rows))
+    if result.best_trial is None:
+        click.echo(f"\nNo trial of study {study} has completed.")
+        return
+    best = result.best_trial
+    click.echo(f"\nBest: trial {best.number}, {space.metric}={best.value:.4f}; its config: {result.best_config}")
+    click.echo(f"  {_program()} run --config {result.best_config} --workdir {workdir}")
+    click.echo(f"  {_program()} ui --tracking-uri {tracking.current_uri()}    # the MLflow UI")
+
+
 @main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("--workers", required=True, type=click.IntRange(min=2), help="Worker processes to start.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)

@@ -38,6 +38,10 @@ class ServingError(PipelineError):
     """A model server that cannot listen where asked, or that stopped by itself."""
 
 
+class SweepError(PipelineError):
+    """A sweep's study or storage that cannot be used as asked."""
+
+
 class Interrupted(BaseException):
     """The process was asked to stop (SIGINT or SIGTERM). Like `KeyboardInterrupt`, it is not an
     `Exception`, so no `except Exception` swallows it on the way out."""
@@ -49,3 +53,12 @@ class Interrupted(BaseException):
     @property
     def exit_code(self) -> int:
         return 128 + self.signum
+
+
+class Stopped(Exception):
+    """Work stopped on purpose before its end, which is not a fault: a sweep pruning a trial that
+    cannot win. The MLflow runs it passes through end KILLED, tagged with `tags`."""
+
+    def __init__(self, message: str, tags: dict[str, str] | None = None):
+        super().__init__(message)
+        self.tags = dict(tags or {})

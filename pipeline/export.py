@@ -28,6 +28,8 @@ from pipeline.errors import MissingStageError
 from pipeline.workdir import INFO_FILE, atomic_output, is_finished, producer, require_stage
 
 log = logging.getLogger(__name__)
+# A hidden `.claim-N` folder beside the version folders: version N is being exported.
+CLAIM = ".claim-"
 
 
 @dataclass(frozen=True)
@@ -75,14 +77,18 @@ def run(config: Config, workdir: str | Path) -> ExportResult:
         signatures = {"serving_default": server.serve}
         info = {"task": "sentiment", "labels": labels}
     root = Path(config.export.dir) / config_lib.run_name(config)
-    version = next_version(root)
+    version, claim = claim_version(root)
     key = cache.stage_keys(config)["export"]
-    with atomic_output(root / str(version), {"stage": "export", "key": key, **tracking.run_reference()}) as out:
-        tf.saved_model.save(server, str(out), signatures=signatures)
-        info.update(run_name=config_lib.run_name(config), version=version, max_length=config.train.max_length, key=key)
-        (out / INFO_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False), encoding="utf-8")
-        (out / "assets").mkdir(exist_ok=True)
-        shutil.copy(tokenized / "tokenizer.model", out / "assets" / "tokenizer.model")
+    try:
+        with atomic_output(root / str(version), {"stage": "export", "key": key, **tracking.run_reference()}) as out:
+            tf.saved_model.save(server, str(out), signatures=signatures)
+            info.update(run_name=config_lib.run_name(config), version=version, max_length=config.train.max_length,
+                        key=key)
+            (out / INFO_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False), encoding="utf-8")
+            (out / "assets").mkdir(exist_ok=True)
+            shutil.copy(tokenized / "tokenizer.model", out / "assets" / "tokenizer.model")
+    finally:
+        claim.rmdir()
     log.info("exported %s", root / str(version))
     return ExportResult(root / str(version), version)
 
@@ -106,6 +112,23 @@ def find(config: Config) -> Path | None:
 
 
 def next_version(root: Path) -> int:
-    """One more than the highest numbered version folder under `root` (1 for none)."""
-    versions = [int(p.name) for p in root.glob("*") if p.is_dir() and p.name.isdigit()]
-    return max(versions, default=0) + 1
+    """One more than the highest version under `root`, exported or claimed by an export in progress
+    (1 for none)."""
+    numbers = [p.name.removeprefix(CLAIM) for p in root.glob("*") if p.is_dir()]
+    return max((int(n) for n in numbers if n.isdigit()), default=0) + 1
+
+
+def claim_version(root: Path) -> tuple[int, Path]:
+    """The next version number under `root`, and the `.claim-N` folder that claims it.
+
+    Creating a folder succeeds in one process only, so two exports of the same run name at once
+    (two sweep processes, say) never write the same version; the exporter removes its claim.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    while True:
+        version = next_version(root)
+        try:
+            (root / f"{CLAIM}{version}").mkdir()
+            return version, root / f"{CLAIM}{version}"
+        except FileExistsError:
+            continue

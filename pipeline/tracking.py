@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-from mlflow.entities import Metric, RunStatus
+from mlflow.entities import Metric, RunStatus, RunTag
 from mlflow.keras import MlflowCallback
 
-from pipeline.errors import Interrupted, TrackingError
+from pipeline.errors import Interrupted, Stopped, TrackingError
 
 log = logging.getLogger(__name__)
 DEFAULT_EXPERIMENT = "pipeline"
@@ -104,13 +104,18 @@ def start_run(name: str, tags: dict[str, str] | None = None, run_id: str | None 
     """A run nested under the active one, if any; `run_id` resumes an existing run instead.
 
     The run ends FINISHED when the body returns, KILLED when the process is interrupted
-    (Ctrl-C, SIGTERM) and FAILED on any error, with the error's text in the `error` tag.
+    (Ctrl-C, SIGTERM) or the work is stopped on purpose (`Stopped`, with its tags), and FAILED on
+    any error, with the error's text in the `error` tag.
     """
     nested = mlflow.active_run() is not None
     run = mlflow.start_run(run_id=run_id, run_name=None if run_id else name, nested=nested, tags=tags or {})
     try:
         yield run
     except (KeyboardInterrupt, Interrupted):
+        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+        raise
+    except Stopped as stop:
+        mlflow.set_tags(stop.tags)
         mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
         raise
     except BaseException as error:
@@ -136,6 +141,55 @@ def run_reference() -> dict[str, str]:
 def process_tags() -> dict[str, str]:
     """Which process owns a run: how a later process tells a live run from one left by a crash."""
     return {"pipeline.host": socket.gethostname(), "pipeline.pid": str(os.getpid())}
+
+
+def process_gone(tags: dict[str, str]) -> bool:
+    """Whether the process that `process_tags` recorded in `tags` is known to have ended: it ran on
+    this host and no pipeline process has its pid now. Another host's process cannot be checked."""
+    if tags.get("pipeline.host") != socket.gethostname():
+        return False
+    return not _is_pipeline_process(int(tags.get("pipeline.pid", "0") or 0))
+
+
+def settle_orphans(tags: dict[str, str]) -> list[str]:
+    """Mark KILLED the RUNNING runs with all of `tags` whose process is gone (`process_gone`), and
+    the RUNNING runs nested below them; return their ids.
+
+    `settle_stale_runs` finds a crashed `pipeline run` by its config; a sweep's own run has no
+    config, and a crashed sweep's trials need not run again, so a sweep finds them by its tags.
+    """
+    found = mlflow.search_runs(filter_string=_tag_filter(tags) + " and attributes.status = 'RUNNING'",
+                               output_format="list", search_all_experiments=True)
+    settled, parents = [], [r.info.run_id for r in found if process_gone(r.data.tags)]
+    while parents:
+        run_id = parents.pop()
+        if run_id in settled:
+            continue
+        mlflow.MlflowClient().set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
+        settled.append(run_id)
+        children = mlflow.search_runs(
+            filter_string=f"tags.mlflow.parentRunId = '{run_id}' and attributes.status = 'RUNNING'",
+            output_format="list", search_all_experiments=True)
+        parents += [child.info.run_id for child in children]
+    if settled:
+        log.info("marked %d run(s) of a stopped process as KILLED", len(settled))
+    return settled
+
+
+def annotate_runs(where: dict[str, str], tags: dict[str, Any], metrics: dict[str, float] | None = None) -> int:
+    """Add `tags` and `metrics` to the runs of the active run's experiment whose tags include all of
+    `where` (runs that have ended, such as a sweep's trial); return how many there were."""
+    client = mlflow.MlflowClient()
+    found = client.search_runs([mlflow.active_run().info.experiment_id], filter_string=_tag_filter(where))
+    for run in found:
+        client.log_batch(run.info.run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()],
+                         metrics=[Metric(key, float(value), int(time.time() * 1000), 0)
+                                  for key, value in (metrics or {}).items()])
+    return len(found)
+
+
+def _tag_filter(tags: dict[str, str]) -> str:
+    return " and ".join(f"tags.`{key}` = '{value}'" for key, value in tags.items())
 
 
 def settle_stale_runs(config_fingerprint: str, workdir: str, keep: set[str | None]) -> list[str]:
@@ -381,7 +435,7 @@ LOWER_IS_BETTER = ("loss", "perplexity", "bits_per_char")
 
 
 def compare_runs(experiment: str | None, metric: str) -> list[dict[str, Any]]:
-    """The experiment's top-level runs (one per `pipeline run`), best `metric` first.
+    """The experiment's `pipeline run`s (top-level runs, and a sweep's trials), best `metric` first.
 
     Runs without `metric` come last; losses, perplexity and bits per character sort ascending.
     """
@@ -393,7 +447,9 @@ def compare_runs(experiment: str | None, metric: str) -> list[dict[str, Any]]:
     runs = mlflow.MlflowClient().search_runs([found.experiment_id], max_results=1000)
     rows = []
     for run in runs:
-        if "mlflow.parentRunId" in run.data.tags:
+        tags = run.data.tags
+        # A sweep's trials are `pipeline run`s nested under the sweep's own run; list them instead.
+        if "sweep.trial" not in tags and ("mlflow.parentRunId" in tags or "sweep.study" in tags):
             continue
         row = {"run": run.info.run_name, "status": run.info.status}
         row.update({key: run.data.params.get(key, "") for key in COMPARE_PARAMS})

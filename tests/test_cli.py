@@ -3,6 +3,7 @@
 import json
 import re
 
+import click
 import mlflow
 import pytest
 from click.testing import CliRunner
@@ -178,11 +179,14 @@ def test_ui_serves_the_tracking_store(finished_run):
         server.wait(timeout=30)
 
 
-def test_every_command_has_help():
-    for command in [*STAGES, "run", "predict", "generate", "compare", "ui"]:
-        result = _invoke(command, "--help")
+def test_every_command_and_option_has_help():
+    assert {*STAGES, "run", "predict", "generate", "compare", "ui", "serve", "sweep", "launch"} <= set(main.commands)
+    for name, command in main.commands.items():
+        result = _invoke(name, "--help")
         assert result.exit_code == 0 and "Usage:" in result.output
-        assert "  --" in result.output
+        assert command.help, f"{name} has no help text"
+        undocumented = [p.name for p in command.params if isinstance(p, click.Option) and not p.help]
+        assert undocumented == [], f"{name}: options without help: {undocumented}"
 
 
 @pytest.mark.parametrize("make_args, message", [

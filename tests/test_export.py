@@ -47,6 +47,14 @@ def test_numbered_layout_and_next_version(exported):
     assert export.next_version(result.path.parent) == 2
 
 
+def test_exports_of_one_run_name_at_once_get_different_versions(tmp_path):
+    first, first_claim = export.claim_version(tmp_path / "run")
+    second, _ = export.claim_version(tmp_path / "run")  # another process, before the first one finished
+    assert (first, second) == (1, 2)
+    first_claim.rmdir()  # the first export failed: its number is free, the held claim is not
+    assert export.next_version(tmp_path / "run") == 3
+
+
 def test_reloaded_in_a_fresh_process_gives_the_same_probabilities(exported):
     config, work, result = exported
     script = (

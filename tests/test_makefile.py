@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parent.parent
 KEPT = ["data/README.md", "data/sst2/glue-train.tsv", "data/tinyshakespeare/input.txt",
         "data/tfds/downloads/manual/aclImdb_v1.tar.gz", "configs/mine.yaml"]
 GENERATED = ["data/work/sst2/prepare/DONE", "models/sst2-bilstm-2x64/1/saved_model.pb", "mlruns/1/meta.yaml",
-             "mlflow.db", ".venv/bin/python", ".pytest_cache/README.md"]
+             "mlflow.db", "optuna.db", ".venv/bin/python", ".pytest_cache/README.md"]
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
