@@ -84,8 +84,9 @@ class SweepResult:
 class TrialPruned(optuna.TrialPruned, Stopped):
     """Optuna's pruning signal, and a `Stopped` that ends the MLflow runs it leaves KILLED."""
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, value: float):
         Stopped.__init__(self, message, {"sweep.pruned": "true"})
+        self.value = value  # the objective at the epoch the trial stopped
 
 
 class PruningCallback(keras.callbacks.Callback):
@@ -102,7 +103,7 @@ class PruningCallback(keras.callbacks.Callback):
         self.trial.report(float(logs[self.metric]), step=epoch)
         if self.trial.should_prune():
             raise TrialPruned(f"trial {self.trial.number} pruned after epoch {epoch}: "
-                              f"{self.metric}={float(logs[self.metric]):.4f}")
+                              f"{self.metric}={float(logs[self.metric]):.4f}", float(logs[self.metric]))
 
 
 def load_space(path: str | Path, config: Config) -> Space:
@@ -433,9 +434,12 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, space: Space, config: Co
             trial.set_user_attr(key, value)  # for the trials table, whichever process prints it
         objective = {space.metric: results["train"].best_metrics.get(space.metric)}
         state = study.tell(trial, objective[space.metric]).state
-    except TrialPruned:
+    except TrialPruned as pruned:
         train.discard_checkpoints(trial_config, workdir)  # a pruned training is never to be resumed
         state = study.tell(trial, state=TrialState.PRUNED).state
+        # Where it stood when stopped: without a value, MLflow's parallel coordinates would draw the
+        # trial above the best one.
+        objective = {space.metric: pruned.value}
     except PipelineError as error:
         log.warning("trial %d failed: %s", trial.number, error)
         trial.set_user_attr("error", str(error)[:1000])
@@ -447,7 +451,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, space: Space, config: Co
     finally:
         train.extra_callbacks.reset(reporting)
         # The objective beside the test metrics on the trial's run, for the MLflow UI's compare view.
-        tracking.annotate_runs(where, {"sweep.state": state.name}, objective if state == TrialState.COMPLETE else {})
+        tracking.annotate_runs(where, {"sweep.state": state.name}, objective if state != TrialState.FAIL else {})
     everything = study.get_trials(deepcopy=False)
     done = sum(t.state != TrialState.RUNNING and _holds_a_slot(t) for t in everything)
     ended = next(t for t in everything if t.number == trial.number)

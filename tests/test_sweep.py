@@ -185,6 +185,7 @@ params:
     parent = _trial_runs(runs)[1]
     assert parent.info.status == "KILLED"
     assert parent.data.tags["sweep.pruned"] == "true" and parent.data.tags["sweep.state"] == "PRUNED"
+    assert parent.data.metrics["val_loss"] == pytest.approx(pruned.intermediate_values[0])  # where it stopped
     stages = _children(runs, parent)
     assert sorted(stages) == ["prepare", "tokenize", "train"], "nothing runs after a pruned training"
     assert stages["train"].info.status == "KILLED" and stages["train"].data.tags["sweep.pruned"] == "true"
