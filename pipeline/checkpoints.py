@@ -58,7 +58,7 @@ class Checkpoint:
         if self.path is None:
             return  # the values come from the chief (`distribute.sync_from_chief`)
         model.load_weights(self.path / WEIGHTS)
-        for variable, value in zip(_rng_variables(model), self.state["rng"], strict=True):
+        for variable, value in zip(rng_variables(model), self.state["rng"], strict=True):
             variable.assign(np.asarray(value, dtype=variable.dtype))
 
     def best_weights(self) -> list[np.ndarray] | None:
@@ -92,7 +92,7 @@ class Store:
         model.save_weights(tmp / WEIGHTS)
         if best_weights is not None:
             np.savez(tmp / BEST, **{f"w{i}": w for i, w in enumerate(best_weights)})
-        state = {**state, "rng": [np.asarray(v).tolist() for v in _rng_variables(model)]}
+        state = {**state, "rng": [np.asarray(v).tolist() for v in rng_variables(model)]}
         (tmp / STATE).write_text(json.dumps(state), encoding="utf-8")
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
@@ -182,7 +182,7 @@ def join_history(before: dict[str, list[float]], after: dict[str, list[float]]) 
     return {k: [float(v) for v in before.get(k, [])] + [float(v) for v in after.get(k, [])] for k in keys}
 
 
-def _rng_variables(model: keras.Model) -> list:
+def rng_variables(model: keras.Model) -> list:
     """The model's random state: every variable that is not a weight (seed-generator states)."""
     weights = {id(w) for w in model.weights}
     return [v for v in model.variables if id(v) not in weights]

@@ -35,6 +35,7 @@ import sys
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
@@ -206,13 +207,13 @@ class NothingToTrain(Exception):
     """Raised on workers 1.. when the chief already has this training's output and trains nothing."""
 
 
-def resume_point(strategy: tf.distribute.Strategy, latest, data: list[np.ndarray]):
+def resume_point(strategy: tf.distribute.Strategy, latest, tokenized: Path):
     """The checkpoint every worker resumes from: the chief's, whatever the others have on disk.
 
     `latest` is this process's newest checkpoint (the chief's is the only one that counts); the
     others get its epoch and early-stopping counters, and `sync_from_chief` later sends its
-    weights. `data` is this worker's training arrays: workers that tokenized differently would
-    train on different tokens, so that stops every worker here with one line.
+    weights. `tokenized` is this worker's tokenize output: workers that tokenized the training
+    split differently would train on different tokens, so that stops every worker here with one line.
 
     Returns:
         `latest` on the chief and on a single process; elsewhere a `Checkpoint` without files.
@@ -222,8 +223,9 @@ def resume_point(strategy: tf.distribute.Strategy, latest, data: list[np.ndarray
     if not needs_own_loop(strategy):
         return latest
     from pipeline.checkpoints import Checkpoint
+    from pipeline.tokenize import load_split
 
-    digest = float(functools.reduce(lambda crc, a: zlib.crc32(np.ascontiguousarray(a).tobytes(), crc), data, 0))
+    digest = float(zlib.crc32(np.ascontiguousarray(load_split(tokenized, "train")["ids"]).tobytes()))
     saved = latest.state["early_stopping"] if latest else {}
     best = saved.get("best")
     chief = _start_message(strategy, [True, latest is not None, latest.epoch if latest else 0,
@@ -296,8 +298,9 @@ def sync_from_chief(strategy: tf.distribute.Strategy, model) -> None:
     which only the chief could read from disk)."""
     if not needs_own_loop(strategy):
         return
-    variables = [*model.weights, *model.optimizer.variables,
-                 *(v for v in model.variables if id(v) not in {id(w) for w in model.weights})]
+    from pipeline.checkpoints import rng_variables
+
+    variables = [*model.weights, *model.optimizer.variables, *rng_variables(model)]
     with _collectives("before training"):
         values = _from_chief(strategy, [v.value for v in variables])
     for variable, value in zip(variables, values, strict=True):

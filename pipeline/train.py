@@ -69,8 +69,7 @@ def run(config: Config, workdir: str | Path) -> TrainResult:
     chief = distribute.is_chief(strategy)
     setup_runtime(config)
     store = checkpoints.Store(partial_dir(config, workdir))
-    resumed = distribute.resume_point(strategy, store.latest() if chief else None,
-                                      [load_split(tokenized, "train")["ids"]])
+    resumed = distribute.resume_point(strategy, store.latest() if chief else None, tokenized)
     first_epoch = resumed.epoch if resumed else 0
     # A checkpoint taken as early stopping fired has no epochs left; fit then only restores the best weights.
     last_epoch = first_epoch if resumed and resumed.stopped_early else config.train.epochs

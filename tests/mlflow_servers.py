@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from typing import NamedTuple
 
 import pytest
 
+from pipeline import launch
 from pipeline.serving import stop_process_group
 
 HOST = "127.0.0.1"
@@ -36,9 +36,7 @@ class MLflowServer(NamedTuple):
 
 def free_port() -> int:
     """A TCP port of 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
+    return launch.free_ports(1)[0]
 
 
 def child_env(tracking_uri: str | None = None, **extra: str) -> dict[str, str]:
