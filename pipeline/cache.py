@@ -79,6 +79,9 @@ def _stage_config(config: Config, stage: str) -> dict[str, Any]:
                   {"train.sequence_length", "train.sample_prompt", "train.sample_tokens", "train.max_length"})
         unused |= {"train.worker_timeout"}  # how long to wait for a worker changes no result
         wanted = ["task", *(k for k in flat if k.startswith(("model.", "train.")) and k not in unused)]
+        vectors = flat.get("model.pretrained_embeddings")
+        if vectors is not None:  # the file's content, not its name, decides the model
+            flat = {**flat, "model.pretrained_embeddings": content_hash(Path(vectors))}
     else:
         # evaluate and export read only what train and tokenize wrote, through their keys.
         wanted = ["task"]

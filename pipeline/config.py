@@ -98,6 +98,12 @@ class ModelConfig:
     recurrent_dropout: float = 0.0
     pooling: Literal["final", "mean", "mean_max"] = "final"
     tie_embeddings: bool = False
+    # A word2vec/GloVe text file (optionally .gz; fastText's .vec header is skipped): the embedding
+    # rows of whole-word pieces start from its vectors (see pipeline.embeddings). Part of the
+    # train stage's key by content.
+    pretrained_embeddings: str | None = None
+    # Keep the embedding matrix fixed in training (needs pretrained_embeddings).
+    freeze_embeddings: bool = False
     # Sentiment: this many classifiers, each with its own weights, trained side by side on the
     # same batches; the model outputs the mean of their probabilities.
     ensemble: int = 1
@@ -110,10 +116,19 @@ class TrainConfig:
     epochs: int = 5
     batch_size: int = 64
     learning_rate: float = 1e-3
+    # `constant`, or `cosine`: a linear warm-up over warmup_steps optimizer steps from 0 to
+    # learning_rate, then a cosine decay to 0 at the end of the last epoch.
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    warmup_steps: int = 0
     max_length: int = 256
     sequence_length: int = 128
     seed: int = 42
     patience: int = 2
+    # The validation metric that early stopping watches and that picks the epoch whose weights are
+    # kept: val_loss or val_accuracy; a language model also has val_bits_per_char and val_perplexity.
+    monitor: Literal["val_loss", "val_accuracy", "val_bits_per_char", "val_perplexity"] = "val_loss"
+    # Whether a larger (`max`) or smaller (`min`) value is better; `auto`: larger for accuracy only.
+    monitor_mode: Literal["auto", "min", "max"] = "auto"
     buckets: int = 32
     # Polyak averaging: with 0 < m < 1, validation, early stopping and the saved model use an
     # exponential moving average of the weights, updated after every step with this momentum.
@@ -374,6 +389,11 @@ def _check_values(config: Config) -> None:
     for key, value in fractions.items():
         if not 0.0 <= value < 1.0:
             raise ConfigError(f"config key {key} must be in [0, 1); got {value}")
+    if config.train.warmup_steps < 0:
+        raise ConfigError(f"config key train.warmup_steps must be 0 or more; got {config.train.warmup_steps}")
+    if config.train.warmup_steps and config.train.lr_schedule == "constant":
+        raise ConfigError("config key train.warmup_steps needs a schedule to warm up into; "
+                          "set train.lr_schedule=cosine")
     if config.train.learning_rate <= 0:
         raise ConfigError(f"config key train.learning_rate must be positive; got {config.train.learning_rate}")
     if config.train.worker_timeout <= 0:
@@ -385,6 +405,12 @@ def _check_values(config: Config) -> None:
             "config key model.bidirectional must be false for task lm: a language model predicts "
             "the next token, and a backward LSTM would see it; set model.bidirectional=false"
         )
+    if config.model.freeze_embeddings and not config.model.pretrained_embeddings:
+        raise ConfigError("config key model.freeze_embeddings=true would freeze random vectors; "
+                          "set model.pretrained_embeddings=PATH or model.freeze_embeddings=false")
+    if config.task != "lm" and config.train.monitor in ("val_bits_per_char", "val_perplexity"):
+        raise ConfigError(f"config key train.monitor={config.train.monitor} applies to task lm only; "
+                          "a sentiment model has val_loss and val_accuracy")
     if config.task == "lm" and config.model.ensemble != 1:
         raise ConfigError(f"config key model.ensemble applies to task sentiment only; got "
                           f"{config.model.ensemble} for task lm; set model.ensemble=1")
@@ -415,6 +441,13 @@ def _check_ignored_keys(config: Config, layers: dict[str, int]) -> None:
     for key, by, value, fix in rules:
         if key in layers and value is not None and layers[key] > layers.get(by, -1):
             raise ConfigError(f"config key {key} has no effect because {by} is {value}: {fix}")
+
+
+def monitor_mode(train: TrainConfig) -> str:
+    """`max` or `min`: which way `train.monitor` improves."""
+    if train.monitor_mode != "auto":
+        return train.monitor_mode
+    return "max" if train.monitor.endswith("accuracy") else "min"
 
 
 def run_name(config: Config) -> str:

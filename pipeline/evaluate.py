@@ -4,7 +4,8 @@ Reads `<workdir>/train/` (`model.keras`, `history.csv`), `<workdir>/tokenize/tes
 `<workdir>/prepare/labels.json`.
 Writes to `<workdir>/evaluate/`:
   - `metrics.json`: `test_*` metrics (sentiment: accuracy, macro-F1, ROC-AUC for two classes,
-    loss; language model: loss in nats per token, perplexity, bits per character);
+    loss; language model: loss in nats per token, perplexity, bits per character), or `val_*`
+    ones of the validation split when the config has no test split;
   - `confusion_matrix.png` (sentiment) and `curve_<metric>.png` learning curves.
 """
 
@@ -40,7 +41,8 @@ def run(config: Config, workdir: str | Path) -> EvaluateResult:
     trained = require_stage(config, workdir, "train", needed_by="evaluate")
     tokenized = require_stage(config, workdir, "tokenize", needed_by="evaluate")
     model = keras.saving.load_model(trained / "model.keras", safe_mode=True)
-    test = load_split(tokenized, "test")
+    split = _scored_split(tokenized)
+    test = load_split(tokenized, split)
     with stage_output(config, workdir, "evaluate") as out:
         if config.task == "lm":
             metrics = language_model_metrics(model, test, config.train.sequence_length, config.train.batch_size)
@@ -51,10 +53,22 @@ def run(config: Config, workdir: str | Path) -> EvaluateResult:
             metrics = classification_metrics(test["labels"], probs)
             matrix = _confusion(test["labels"], probs, len(labels))
             plots.confusion_matrix(matrix, labels, out / "confusion_matrix.png")
+        if split != "test":
+            metrics = {name.replace("test_", "val_", 1): value for name, value in metrics.items()}
         plots.learning_curves(trained / "history.csv", out)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
-    log.info("test metrics: %s", ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    log.info("%s metrics: %s", split, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
     return EvaluateResult(stage_dir(config, workdir, "evaluate"), metrics)
+
+
+def _scored_split(tokenized: Path) -> str:
+    """`test`, or `validation` when the config has no test split (`data.test: null` and
+    `data.test_fraction: 0`); its metrics are then named `val_*`, as they are not a test's."""
+    if (tokenized / "test.npz").is_file():
+        return "test"
+    log.warning("no test split (data.test is null and data.test_fraction is 0): scoring the validation split, "
+                "which chose the kept epoch, so its figures are optimistic; give data.test=PATH for a test figure")
+    return "validation"
 
 
 def load(config: Config, workdir: str | Path) -> EvaluateResult:

@@ -33,8 +33,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline import checkpoints, data, distribute, models, signals, tracking
-from pipeline.config import Config
+from pipeline import checkpoints, data, distribute, embeddings, models, signals, tracking
+from pipeline.config import Config, monitor_mode
 from pipeline.errors import TrainingError
 from pipeline.tokenize import load_split
 from pipeline.workdir import is_finished, require_stage, stage_dir, stage_output
@@ -75,15 +75,15 @@ def run(config: Config, workdir: str | Path) -> TrainResult:
     last_epoch = first_epoch if resumed and resumed.stopped_early else config.train.epochs
     vocab_size = json.loads((tokenized / "stats.json").read_text())["vocab_size"]
     train_ds, val_ds, extra = datasets(config, tokenized, prepared, first_epoch)
-    model = _compiled_model(config, strategy, vocab_size, len(extra.get("labels", [])), resumed)
+    model = _compiled_model(config, strategy, vocab_size, len(extra.get("labels", [])), resumed, tokenized,
+                            extra["steps_per_epoch"])
     kernel = _report_kernels(model)
     # The strategy the model was built under, which is the one fit runs it with.
     tracking.set_tags(distribute.describe(config, model.distribute_strategy))
     if not resumed and "padding_fraction" in extra:
         tracking.log_metrics({"padding_fraction": extra["padding_fraction"]})
 
-    early_stopping = checkpoints.ResumableEarlyStopping(
-        resumed, monitor="val_loss", patience=config.train.patience, restore_best_weights=True)
+    early_stopping = _early_stopping(config, resumed)
     if resumed:
         tracking.log_epoch_history(resumed.history)  # epochs the killed process had no time to log
         log.info("resuming training after epoch %d of %d from %s", resumed.epoch, config.train.epochs,
@@ -101,7 +101,7 @@ def run(config: Config, workdir: str | Path) -> TrainResult:
     _check_finite(history, config)
 
     final = stage_dir(config, workdir, "train")
-    result = _summarise(history, final / "model.keras", kernel)
+    result = _summarise(history, final / "model.keras", kernel, config)
     if not chief:
         log.info("worker %d: training done; worker 0 writes the model", strategy.cluster_resolver.task_id)
         return result
@@ -118,13 +118,16 @@ def run(config: Config, workdir: str | Path) -> TrainResult:
 
 
 def _compiled_model(config: Config, strategy: tf.distribute.Strategy, vocab_size: int, labels: int,
-                    resumed: checkpoints.Checkpoint | None) -> keras.Model:
+                    resumed: checkpoints.Checkpoint | None, tokenized: Path, steps_per_epoch: int) -> keras.Model:
     """The model and its optimizer, made in the strategy's scope (variables mirrored on every replica),
-    with a checkpoint's state restored: from disk, and on other workers from the chief."""
+    started from pretrained vectors when the config names them, with a checkpoint's state restored:
+    from disk, and on other workers from the chief."""
     with strategy.scope():
         model = models.build_model(config, vocab_size, labels)
+        if config.model.pretrained_embeddings:
+            _pretrained_embeddings(config, model, tokenized, resumed)
         model.compile(
-            optimizer=keras.optimizers.Adam(config.train.learning_rate, clipnorm=1.0, **_averaging(config)),
+            optimizer=keras.optimizers.Adam(learning_rate(config, steps_per_epoch), clipnorm=1.0, **_averaging(config)),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=config.task == "lm"),
             metrics=["accuracy"],
         )
@@ -135,6 +138,45 @@ def _compiled_model(config: Config, strategy: tf.distribute.Strategy, vocab_size
         resumed.restore(model)
         distribute.sync_from_chief(strategy, model)
     return model
+
+
+def learning_rate(config: Config, steps_per_epoch: int) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """`train.learning_rate`, or with `train.lr_schedule: cosine` a schedule that rises linearly from 0
+    over `train.warmup_steps` and then falls along a cosine to 0 at the end of `train.epochs`. The
+    schedule reads the optimizer's step count, which checkpoints keep, so a resumed training
+    continues on the same curve."""
+    t = config.train
+    if t.lr_schedule == "constant":
+        return t.learning_rate
+    total = t.epochs * steps_per_epoch
+    warmup = min(t.warmup_steps, total - 1)
+    if not warmup:
+        return keras.optimizers.schedules.CosineDecay(t.learning_rate, decay_steps=total)
+    return keras.optimizers.schedules.CosineDecay(0.0, decay_steps=total - warmup, warmup_target=t.learning_rate,
+                                                  warmup_steps=warmup)
+
+
+def _early_stopping(config: Config, resumed: checkpoints.Checkpoint | None) -> checkpoints.ResumableEarlyStopping:
+    """Stops after `train.patience` epochs without a better `train.monitor`, and restores the best epoch's weights."""
+    return checkpoints.ResumableEarlyStopping(
+        resumed, monitor=config.train.monitor, mode=monitor_mode(config.train), patience=config.train.patience,
+        restore_best_weights=True)
+
+
+def _pretrained_embeddings(config: Config, model: keras.Model, tokenized: Path,
+                           resumed: checkpoints.Checkpoint | None) -> None:
+    """Start the embeddings from `model.pretrained_embeddings` and log the coverage; a resumed
+    training takes its embeddings from the checkpoint and only needs them frozen again."""
+    if resumed:
+        embeddings.freeze(model, config.model.freeze_embeddings)
+        return
+    from pipeline import tokenizer
+
+    sp = tokenizer.load(tokenized / "tokenizer.model")
+    pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+    coverage = embeddings.apply(model, pieces, Path(config.model.pretrained_embeddings),
+                                config.model.freeze_embeddings)
+    tracking.log_metrics({"embedding_coverage": coverage.fraction, "embedding_pieces_found": coverage.found})
 
 
 def load(config: Config, workdir: str | Path) -> TrainResult:
@@ -311,9 +353,11 @@ def write_history(history: dict[str, list[float]], path: Path) -> None:
             writer.writerow([epoch, *(history[name][epoch] for name in names)])
 
 
-def _summarise(history: dict[str, list[float]], model_path: Path, kernel: str) -> TrainResult:
-    val_loss = history.get("val_loss") or history["loss"]
-    best = int(np.nanargmin(val_loss))
+def _summarise(history: dict[str, list[float]], model_path: Path, kernel: str, config: Config) -> TrainResult:
+    """Epochs run, and the best epoch by `train.monitor`: the one whose weights early stopping kept."""
+    watched = history.get(config.train.monitor) or history["loss"]
+    pick = np.nanargmax if watched is not history["loss"] and monitor_mode(config.train) == "max" else np.nanargmin
+    best = int(pick(watched))
     metrics = {k: float(v[best]) for k, v in history.items()}
     return TrainResult(model_path, len(history["loss"]), best, metrics, kernel)
 

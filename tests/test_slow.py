@@ -23,15 +23,16 @@ def test_sst2_local_preset(tmp_path, monkeypatch):
     monkeypatch.chdir(PRESETS_DIR.parent)  # the preset names the shipped files relative to the project
     config = load_config(PRESETS_DIR / "sst2_local.yaml", [f"export.dir={tmp_path / 'models'}"])
     results = runner.run_all(config, tmp_path / "work")
-    # Measured on the dev sentences (the preset's test split): 0.811-0.822 over seeds 42, 1-4; this guards
-    # against regressions, not noise.
-    assert results["evaluate"].metrics["test_accuracy"] >= 0.79
+    # The preset has no test split: evaluate scores the dev sentences, its validation split, under val_*
+    # names. Measured 0.84-0.85 over seeds 42, 1, 2 (README); this guards against regressions, not noise.
+    assert "test_accuracy" not in results["evaluate"].metrics
+    assert results["evaluate"].metrics["val_accuracy"] >= 0.83
 
 
 @_needs(SHARED / "cr")
 def test_customer_reviews_with_carved_splits(tmp_path):
     config = load_config(PRESETS_DIR / "sst2_local.yaml", [
-        "name=cr", f"data.train={SHARED / 'cr/custrev.all'}", "data.test=null",
+        "name=cr", f"data.train={SHARED / 'cr/custrev.all'}", "data.test=null", "data.validation=null",
         "data.validation_fraction=0.1", "data.test_fraction=0.1", f"export.dir={tmp_path / 'models'}"])
     results = runner.run_all(config, tmp_path / "work")
     stats = json.loads((stage_dir(config, tmp_path / "work", "prepare") / "stats.json").read_text())
