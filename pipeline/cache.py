@@ -66,7 +66,9 @@ def _stage_config(config: Config, stage: str) -> dict[str, Any]:
     if stage == "prepare":
         wanted = ["task", "data.tfds", "data.format", "data.text_field", "data.label_field", "data.encoding",
                   "data.document"]
-        carved = [s for s in ("validation", "test") if flat[f"data.{s}"] is None]
+        carved = [s for s in ("validation", "test") if flat[f"data.{s}"] is None or flat["data.synthetic"]]
+        if flat["data.synthetic"]:  # its examples come from these keys and the seed
+            wanted += ["data.synthetic", "data.synthetic_length", "data.synthetic_examples"]
         wanted += [f"data.{s}_fraction" for s in carved]
         if carved and not lm:
             wanted.append("data.split_seed")  # stratified carving is seeded; an LM's is the stream's tail
@@ -91,6 +93,8 @@ def _stage_config(config: Config, stage: str) -> dict[str, Any]:
 def _data_inputs(config: Config) -> dict[str, Any]:
     """What identifies the data: TFDS name, version and splits, or the bytes of local files."""
     splits = {s: getattr(config.data, s) for s in ("train", "validation", "test")}
+    if config.data.synthetic:
+        return {"synthetic": config.data.synthetic}
     if config.data.tfds:
         return {"tfds": config.data.tfds, "version": _tfds_version(config), "splits": splits}
     return {s: None if path is None else content_hash(Path(path)) for s, path in splits.items()}

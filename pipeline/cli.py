@@ -258,6 +258,33 @@ def generate(model_dir, prompt, max_tokens, temperature, top_k, seed, num_sample
         click.echo(text)
 
 
+@main.command(name="inspect")
+@common_options
+@click.option("--text", "texts", multiple=True, metavar="TEXT", help="A text to draw a page for; repeatable.")
+@click.option("--input", "input_file", type=click.File("r", encoding="utf-8"),
+              help="Read texts from this file, one per line ('-' for standard input).")
+@click.option("--compare-cells", is_flag=True,
+              help="Also train (or reuse) this config with model.cell lstm, gru and simple_rnn through the normal "
+                   "stages, and plot their gradient flow on one figure with their test metrics.")
+def inspect_command(config, workdir, texts, input_file, compare_cells) -> None:
+    """Look inside the trained model of this config: per text an HTML page (tokens coloured by any
+    unit's gates or cell state, the prediction, what each token contributed) and gate heat maps;
+    gate saturation and the units that track the label or the position over the validation split;
+    and how the gradient fades with distance. Written to <workdir>/inspect/ and logged to the
+    config's MLflow run under inspect/.
+    """
+    texts = [*texts, *(line.rstrip("\n") for line in input_file)] if input_file else list(texts)
+    if not texts and not compare_cells:
+        raise click.UsageError("give --text TEXT (repeatable) or --input FILE")
+    from pipeline import inspect as inspect_lib
+
+    result = inspect_lib.run(config, workdir, texts, compare_cells=compare_cells)
+    for path in result.files:
+        click.echo(path)
+    if result.run_id:
+        click.echo(f"logged to MLflow run {result.run_id} under inspect/")
+
+
 @main.command()
 @click.option("--experiment", envvar="MLFLOW_EXPERIMENT_NAME", help="MLflow experiment name. Default: pipeline.")
 @click.option("--metric", default="test_accuracy", show_default=True,

@@ -69,6 +69,12 @@ class DataConfig:
     tfds_data_dir: str = "data/tfds"
     # Folder holding pre-placed TFDS downloads, for machines without network access.
     manual_dir: str | None = None
+    # Make the data instead of reading it (see pipeline.synthetic): `first_token` is sentiment-style
+    # examples of synthetic_length symbols whose label only the first symbol decides. data.tfds and
+    # the split keys are unused; validation and test are carved from the synthetic_examples.
+    synthetic: str | None = None
+    synthetic_length: int = 100
+    synthetic_examples: int = 4000
 
 
 @dataclass(frozen=True)
@@ -107,6 +113,13 @@ class ModelConfig:
     # Sentiment: this many classifiers, each with its own weights, trained side by side on the
     # same batches; the model outputs the mean of their probabilities.
     ensemble: int = 1
+    # The recurrent layer: `gru` and `simple_rnn` train the same data the same way, to compare
+    # cells (`pipeline inspect --compare-cells`); a GRU keeps cuDNN, a SimpleRNN has no such kernel.
+    cell: Literal["lstm", "gru", "simple_rnn"] = "lstm"
+    # The starting bias of the gate that keeps the old state (an LSTM's forget gate, a GRU's update
+    # gate); null keeps Keras's (1 and 0). Higher remembers longer from the first step: see
+    # pipeline.models.set_forget_bias and configs/long_range.yaml.
+    forget_bias: float | None = None
 
 
 @dataclass(frozen=True)
@@ -122,6 +135,10 @@ class TrainConfig:
     warmup_steps: int = 0
     max_length: int = 256
     sequence_length: int = 128
+    # Language models: carry every recurrent layer's state from one window to the next (truncated
+    # backpropagation through time over batch_size parallel streams; see pipeline.stateful), and
+    # score validation and test as streams read in order.
+    stateful: bool = False
     seed: int = 42
     patience: int = 2
     # The validation metric that early stopping watches and that picks the epoch whose weights are
@@ -374,6 +391,8 @@ def _check_values(config: Config) -> None:
         "train.max_length": config.train.max_length,
         "train.sequence_length": config.train.sequence_length,
         "train.buckets": config.train.buckets,
+        "data.synthetic_length": config.data.synthetic_length,
+        "data.synthetic_examples": config.data.synthetic_examples,
     }
     for key, value in positive.items():
         if value < 1:
@@ -398,7 +417,11 @@ def _check_values(config: Config) -> None:
         raise ConfigError(f"config key train.learning_rate must be positive; got {config.train.learning_rate}")
     if config.train.worker_timeout <= 0:
         raise ConfigError(f"config key train.worker_timeout must be above 0 seconds; got {config.train.worker_timeout}")
-    if config.data.train is None:
+    if config.data.synthetic not in (None, "first_token"):
+        raise ConfigError(f"config key data.synthetic must be first_token or null; got {config.data.synthetic!r}")
+    if config.data.synthetic and config.task != "sentiment":
+        raise ConfigError("config key data.synthetic makes labelled examples for task sentiment; set task=sentiment")
+    if config.data.train is None and config.data.synthetic is None:
         raise ConfigError("config key data.train is required: a TFDS split or a local file")
     if config.task == "lm" and config.model.bidirectional:
         raise ConfigError(
@@ -411,6 +434,13 @@ def _check_values(config: Config) -> None:
     if config.task != "lm" and config.train.monitor in ("val_bits_per_char", "val_perplexity"):
         raise ConfigError(f"config key train.monitor={config.train.monitor} applies to task lm only; "
                           "a sentiment model has val_loss and val_accuracy")
+    if config.train.stateful and config.task != "lm":
+        raise ConfigError("config key train.stateful applies to task lm only: a classifier reads each example "
+                          "from a zero state; set train.stateful=false")
+    if config.train.stateful and config.train.distribute in ("mirrored", "multi_worker"):
+        raise ConfigError(f"config key train.stateful cannot be used with train.distribute="
+                          f"{config.train.distribute}: the carried states belong to one device's batch; "
+                          "set train.distribute=none")
     if config.task == "lm" and config.model.ensemble != 1:
         raise ConfigError(f"config key model.ensemble applies to task sentiment only; got "
                           f"{config.model.ensemble} for task lm; set model.ensemble=1")
@@ -435,6 +465,12 @@ def _check_ignored_keys(config: Config, layers: dict[str, int]) -> None:
     rules += [(key, "data.tfds", "null" if data.tfds is None else None,
                "it applies to TFDS data only; set data.tfds to a dataset name or drop it")
               for key in ("data.manual_dir", "data.tfds_data_dir")]
+    rules += [(key, "data.synthetic", data.synthetic,
+               "synthetic data is made, not read; set data.synthetic=null to read data")
+              for key in ("data.tfds", "data.train", "data.validation", "data.test")]
+    rules += [(key, "data.synthetic", "null" if data.synthetic is None else None,
+               "it applies to synthetic data only; set data.synthetic=first_token or drop it")
+              for key in ("data.synthetic_length", "data.synthetic_examples")]
     mode = config.train.distribute
     rules.append(("train.devices", "train.distribute", None if mode == "mirrored" else mode,
                   "devices are for mirrored; set train.distribute=mirrored or drop train.devices"))
@@ -451,8 +487,10 @@ def monitor_mode(train: TrainConfig) -> str:
 
 
 def run_name(config: Config) -> str:
-    """A name that says what the model is, e.g. `sst2-bilstm-2x128` (also its export folder)."""
-    kind = "bilstm" if config.model.bidirectional else "lstm"
+    """A name that says what the model is, e.g. `sst2-bilstm-2x128` or `sst2-bigru-2x128` (also its
+    export folder)."""
+    cell = {"lstm": "lstm", "gru": "gru", "simple_rnn": "rnn"}[config.model.cell]
+    kind = f"bi{cell}" if config.model.bidirectional else cell
     members = f"-ensemble{config.model.ensemble}" if config.model.ensemble > 1 else ""
     return f"{config.name}-{kind}-{config.model.layers}x{config.model.units}{members}"
 

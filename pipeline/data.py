@@ -162,3 +162,44 @@ def lm_dataset(
 def lm_batch_count(stream_length: int, sequence_length: int, batch_size: int) -> int:
     """Batches per epoch of `lm_dataset`: the windows, the last batch kept partial."""
     return batch_count((stream_length - 1) // sequence_length, batch_size)
+
+
+def lm_stream_dataset(stream: np.ndarray, sequence_length: int, batch_size: int, *, seed: int = 0,
+                      epochs: range = range(1)) -> tf.data.Dataset:
+    """Batches of `(inputs [batch, L], targets [batch, L])` for training that carries states.
+
+    Each epoch cuts the stream into `batch_size` contiguous streams, one per row, and walks them
+    window by window: row r of batch k+1 continues row r of batch k. The streams start at an
+    offset in `[0, L)` drawn from `seed` and the epoch number only (so a resumed training sees the
+    same batches), which moves every window boundary from one epoch to the next. Every batch is
+    full; the at most `batch_size * L + L` tokens the streams leave out move with the offset.
+    """
+    windows = lm_stream_count(len(stream), sequence_length, batch_size)
+    span = windows * sequence_length
+    tokens = tf.constant(stream.astype(np.int32))
+
+    def one_epoch(epoch):
+        offset = tf.random.stateless_uniform([], _epoch_seed(seed, epoch), maxval=sequence_length, dtype=tf.int64)
+        starts = offset + tf.range(batch_size, dtype=tf.int64) * span
+
+        def batch(k):
+            window = tf.gather(tokens, starts[:, None] + k * sequence_length + tf.range(sequence_length + 1,
+                                                                                         dtype=tf.int64)[None, :])
+            return window[:, :-1], window[:, 1:]
+
+        return tf.data.Dataset.range(windows).map(batch)
+
+    return _epochs(epochs, one_epoch, windows).prefetch(AUTOTUNE)
+
+
+def lm_stream_count(stream_length: int, sequence_length: int, batch_size: int) -> int:
+    """Windows per stream, which is batches per epoch, of `lm_stream_dataset`."""
+    windows = (stream_length - sequence_length) // (batch_size * sequence_length)
+    if windows < 1:
+        raise DataError(
+            f"the training stream has {stream_length} tokens, fewer than train.batch_size={batch_size} streams "
+            f"of one window of train.sequence_length={sequence_length} tokens plus an offset of up to "
+            f"{sequence_length} ({(batch_size + 1) * sequence_length} tokens); lower train.batch_size or "
+            f"train.sequence_length, or add text"
+        )
+    return windows

@@ -4,9 +4,11 @@ Reads `<workdir>/train/` (`model.keras`, `history.csv`), `<workdir>/tokenize/tes
 `<workdir>/prepare/labels.json`.
 Writes to `<workdir>/evaluate/`:
   - `metrics.json`: `test_*` metrics (sentiment: accuracy, macro-F1, ROC-AUC for two classes,
-    loss; language model: loss in nats per token, perplexity, bits per character), or `val_*`
+    loss; language model: loss in nats per token, perplexity, bits per character; with
+    `train.stateful` read with carried states, the cold-start ones as `test_cold_*`), or `val_*`
     ones of the validation split when the config has no test split;
-  - `confusion_matrix.png` (sentiment) and `curve_<metric>.png` learning curves.
+  - `confusion_matrix.png` (sentiment) and `curve_<metric>.png` learning curves;
+  - `bits_per_char_by_context.png`/`.json` (`train.stateful`): bits per character by context read.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from pipeline import data, plots
+from pipeline import data, plots, stateful
 from pipeline.config import Config
 from pipeline.tokenize import load_split
 from pipeline.workdir import require_stage, stage_dir, stage_output
@@ -46,6 +48,9 @@ def run(config: Config, workdir: str | Path) -> EvaluateResult:
     with stage_output(config, workdir, "evaluate") as out:
         if config.task == "lm":
             metrics = language_model_metrics(model, test, config.train.sequence_length, config.train.batch_size)
+            if config.train.stateful:  # read as it was trained: in order, states carried; cold figures kept
+                metrics = stateful.score_split(model, test, tokenized / "tokenizer.model",
+                                               config.train.sequence_length, metrics, out)
         else:
             prepared = require_stage(config, workdir, "prepare", needed_by="evaluate")
             labels = json.loads((prepared / "labels.json").read_text(encoding="utf-8"))

@@ -14,21 +14,22 @@ import tensorflow as tf
 import tensorflow_text as tf_text
 
 from pipeline import tokenizer
-from pipeline.models import ReversibleEmbedding
+from pipeline.models import ReversibleEmbedding, recurrent_layers
 
 # Ids never worth generating: padding, unknown, BOS and EOS (the stream has no EOS in it).
 BANNED_IDS = (tokenizer.PAD_ID, tokenizer.UNK_ID, tokenizer.BOS_ID, tokenizer.EOS_ID)
 
 
 def build_decoder(model: keras.Model) -> keras.Model:
-    """A model `[ids, h_0, c_0, h_1, c_1, ...] -> [next-token logits, h_0', c_0', ...]`.
+    """A model `[ids, h_0, c_0, h_1, c_1, ...] -> [next-token logits, h_0', c_0', ...]` (no `c` for
+    a GRU or SimpleRNN).
 
     Its layers copy the weights of `model` (built by `build_language_model_lstm`), by name. The
     embedding masks id 0, so right-padded prompts of different lengths end in the state of
     their own last token.
     """
     source = model.get_layer("embedding")
-    lstms = [layer for layer in model.layers if isinstance(layer, keras.layers.LSTM)]
+    lstms = recurrent_layers(model)
     tied = any(layer.name == "projection" for layer in model.layers)
     ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
     embedding = ReversibleEmbedding(source.input_dim, source.output_dim, mask_zero=True, name="embedding")
@@ -37,12 +38,14 @@ def build_decoder(model: keras.Model) -> keras.Model:
     mask = keras.ops.not_equal(ids, tokenizer.PAD_ID)
     states_in, states_out = [], []
     for lstm in lstms:
-        state = [keras.Input(shape=(lstm.units,), name=f"{lstm.name}_{s}") for s in ("h", "c")]
-        layer = keras.layers.LSTM(lstm.units, return_sequences=True, return_state=True, name=lstm.name)
-        x, h, c = layer(x, initial_state=state, mask=mask)
+        # An LSTM carries (h, c); a GRU or a SimpleRNN (`model.cell`) carries h alone.
+        names = ("h", "c") if isinstance(lstm, keras.layers.LSTM) else ("h",)
+        state = [keras.Input(shape=(lstm.units,), name=f"{lstm.name}_{s}") for s in names]
+        layer = type(lstm)(lstm.units, return_sequences=True, return_state=True, name=lstm.name)
+        x, *states = layer(x, initial_state=state, mask=mask)
         states_in += state
-        states_out += [h, c]
-    last = states_out[-2]  # the top LSTM's output at each row's last real token
+        states_out += states
+        last = states[0]  # the top layer's output at each row's last real token
     if tied:
         logits = embedding(keras.layers.Dense(source.output_dim, name="projection")(last), reverse=True)
     else:
@@ -114,11 +117,17 @@ def generate_text(generator: Generator, sp, prompts: list[str], *, max_tokens: i
 
 
 class LanguageModelServer(tf.Module):
-    """Raw strings in: `generate` continues prompts, `score` gives bits per character."""
+    """Raw strings in: `generate` continues prompts, `score` gives bits per character.
 
-    def __init__(self, model: keras.Model, tokenizer_model: bytes):
+    `score` reads each text as the evaluate stage reads the test split: with `window=0` in one
+    pass, the state carried through the whole text (a model trained with `train.stateful`); else
+    from a zero state every `window` tokens (`train.sequence_length`, the span it was trained on).
+    """
+
+    def __init__(self, model: keras.Model, tokenizer_model: bytes, window: int = 0):
         super().__init__()
         self.model = model
+        self.window = window
         self.generator = Generator(build_decoder(model))
         self.tokenizer = tf_text.SentencepieceTokenizer(model=tokenizer_model, add_bos=True)
 
@@ -141,14 +150,25 @@ class LanguageModelServer(tf.Module):
         # One extra padding column keeps the input at least one step long for empty strings.
         ids = tf.pad(ids, [[0, 0], [0, 1]])
         targets = ids[:, 1:]
-        logits = self.model(ids[:, :-1], training=False)
+        logits = self._logits(ids[:, :-1])
         nats = tf.nn.sparse_softmax_cross_entropy_with_logits(targets, tf.cast(logits, tf.float32))
         nats = tf.reduce_sum(nats * tf.cast(targets != tokenizer.PAD_ID, tf.float32), axis=1)
         characters = tf.cast(tf.strings.length(text, unit="UTF8_CHAR"), tf.float32)
         return {"bits_per_char": tf.math.divide_no_nan(nats / tf.math.log(2.0), characters)}
 
 
-def build_lm_server(model: keras.Model, tokenizer_model: bytes):
-    """The export module and its signatures, for `export.run`."""
-    server = LanguageModelServer(model, tokenizer_model)
+    def _logits(self, inputs):
+        if not self.window:
+            return self.model(inputs, training=False)
+        # Each window becomes a row of its own, so every window starts from zeros.
+        rows, length = tf.shape(inputs)[0], tf.shape(inputs)[1]
+        padded = -(-length // self.window) * self.window
+        windows = tf.reshape(tf.pad(inputs, [[0, 0], [0, padded - length]]), [-1, self.window])
+        logits = self.model(windows, training=False)
+        return tf.reshape(logits, [rows, padded, tf.shape(logits)[-1]])[:, :length]
+
+
+def build_lm_server(model: keras.Model, tokenizer_model: bytes, window: int = 0):
+    """The export module and its signatures, for `export.run`; `window` as `LanguageModelServer` takes it."""
+    server = LanguageModelServer(model, tokenizer_model, window)
     return server, {"serving_default": server.generate, "generate": server.generate, "score": server.score}

@@ -1,7 +1,8 @@
 """Keras LSTM models for both tasks, and the check that each LSTM can run on cuDNN.
 
 Builders take explicit hyperparameters; `build_model(config, ...)` is the one bridge from a
-`Config`. Every LSTM is built with the settings under which Keras 3 on TensorFlow picks the
+`Config`. The recurrent layer is an LSTM unless `cell` asks for a GRU or a SimpleRNN (to compare
+them on the same data). Every LSTM (and GRU) is built with the settings under which Keras 3 on TensorFlow picks the
 fused cuDNN kernel when a GPU is visible: tanh activation, sigmoid recurrent activation,
 `use_bias=True`, `unroll=False` and no recurrent dropout. Inputs use id 0 as padding and are
 right-padded, with BOS first in every row, which is what that kernel demands of a mask.
@@ -29,12 +30,14 @@ def build_sentiment_lstm(
     recurrent_dropout: float = 0.0,
     pooling: str = "final",
     ensemble: int = 1,
+    cell: str = "lstm",
 ) -> keras.Model:
     """A text classifier: Embedding -> stacked (Bi)LSTMs -> pooled state -> softmax.
 
     Args:
         vocab_size: number of token ids, 0 being padding.
         num_classes: size of the softmax.
+        cell: the recurrent layer, `lstm`, `gru` or `simple_rnn` (see `recurrent_layer`).
         embedding_dropout: the rate at which whole token embeddings are zeroed in training.
         pooling: `final` uses the last LSTM's final state (both directions' when
             bidirectional); `mean` averages its outputs over the unmasked positions;
@@ -51,7 +54,7 @@ def build_sentiment_lstm(
         _sentiment_member(ids, f"member_{k}_" if ensemble > 1 else "", vocab_size, num_classes,
                           embedding_dim=embedding_dim, units=units, layers=layers, bidirectional=bidirectional,
                           dropout=dropout, embedding_dropout=embedding_dropout,
-                          recurrent_dropout=recurrent_dropout, pooling=pooling)
+                          recurrent_dropout=recurrent_dropout, pooling=pooling, cell=cell)
         for k in range(ensemble)
     ]
     probs = members[0] if ensemble == 1 else keras.layers.Average(dtype="float32", name="ensemble_mean")(members)
@@ -60,15 +63,15 @@ def build_sentiment_lstm(
 
 def _sentiment_member(ids, prefix: str, vocab_size: int, num_classes: int, *, embedding_dim: int, units: int,
                       layers: int, bidirectional: bool, dropout: float, embedding_dropout: float,
-                      recurrent_dropout: float, pooling: str):
+                      recurrent_dropout: float, pooling: str, cell: str):
     x = keras.layers.Embedding(vocab_size, embedding_dim, mask_zero=True, name=f"{prefix}embedding")(ids)
     # One draw per token, shared by its channels: a dropped token vanishes whole.
     x = keras.layers.Dropout(embedding_dropout, noise_shape=(None, None, 1), name=f"{prefix}token_dropout")(x)
     x = keras.layers.Dropout(dropout, name=f"{prefix}embedding_dropout")(x)
     for i in range(layers):
         last = i == layers - 1
-        lstm = _lstm(units, return_sequences=not (last and pooling == "final"),
-                     recurrent_dropout=recurrent_dropout, name=f"{prefix}lstm_{i}")
+        lstm = recurrent_layer(cell, units, return_sequences=not (last and pooling == "final"),
+                               recurrent_dropout=recurrent_dropout, name=f"{prefix}{cell}_{i}")
         if bidirectional:
             lstm = keras.layers.Bidirectional(lstm, name=f"{prefix}bidirectional_{i}")
         x = lstm(x)
@@ -114,8 +117,9 @@ def build_language_model_lstm(
     dropout: float = 0.2,
     recurrent_dropout: float = 0.0,
     tie_embeddings: bool = False,
+    cell: str = "lstm",
 ) -> keras.Model:
-    """A next-token model: Embedding -> stacked LSTMs -> logits over the vocabulary.
+    """A next-token model: Embedding -> stacked LSTMs (or `cell` layers) -> logits over the vocabulary.
 
     With `tie_embeddings`, the output projection reuses the embedding matrix, and a Dense layer
     maps the last LSTM's output to `embedding_dim` first.
@@ -127,7 +131,8 @@ def build_language_model_lstm(
     embedding = ReversibleEmbedding(vocab_size, embedding_dim, name="embedding")
     x = keras.layers.Dropout(dropout, name="embedding_dropout")(embedding(ids))
     for i in range(layers):
-        x = _lstm(units, return_sequences=True, recurrent_dropout=recurrent_dropout, name=f"lstm_{i}")(x)
+        x = recurrent_layer(cell, units, return_sequences=True, recurrent_dropout=recurrent_dropout,
+                            name=f"{cell}_{i}")(x)
         x = keras.layers.Dropout(dropout, name=f"dropout_{i}")(x)
     if tie_embeddings:
         x = keras.layers.Dense(embedding_dim, name="projection")(x)
@@ -161,74 +166,122 @@ def build_model(config: Config, vocab_size: int, num_classes: int = 0) -> keras.
     """The model `config` describes, for a tokenizer of `vocab_size` ids."""
     m = config.model
     if config.task == "lm":
-        return build_language_model_lstm(
+        model = build_language_model_lstm(
             vocab_size, embedding_dim=m.embedding_dim, units=m.units, layers=m.layers,
             dropout=m.dropout, recurrent_dropout=m.recurrent_dropout, tie_embeddings=m.tie_embeddings,
+            cell=m.cell,
         )
-    return build_sentiment_lstm(
-        vocab_size, num_classes, embedding_dim=m.embedding_dim, units=m.units, layers=m.layers,
-        bidirectional=m.bidirectional, dropout=m.dropout, embedding_dropout=m.embedding_dropout,
-        recurrent_dropout=m.recurrent_dropout, pooling=m.pooling, ensemble=m.ensemble,
-    )
+    else:
+        model = build_sentiment_lstm(
+            vocab_size, num_classes, embedding_dim=m.embedding_dim, units=m.units, layers=m.layers,
+            bidirectional=m.bidirectional, dropout=m.dropout, embedding_dropout=m.embedding_dropout,
+            recurrent_dropout=m.recurrent_dropout, pooling=m.pooling, ensemble=m.ensemble, cell=m.cell,
+        )
+    if m.forget_bias is not None:
+        set_forget_bias(model, m.forget_bias)
+    return model
 
 
-def _lstm(units: int, *, return_sequences: bool, recurrent_dropout: float, name: str) -> keras.layers.LSTM:
+CELLS = ("lstm", "gru", "simple_rnn")
+
+
+def set_forget_bias(model: keras.Model, value: float) -> None:
+    """Start the gate that keeps the old state at bias `value`: every LSTM's forget gate (Keras starts
+    it at 1) and every GRU's update gate z in `h = z * h_prev + (1 - z) * candidate` (Keras: 0).
+
+    At bias b the gate starts near sigmoid(b), so a memory fades as sigmoid(b)^t: about 1e-14 after
+    100 steps at b = 1, 0.16 at b = 4. Only then does a loss at the end send a gradient that far
+    back at the start of training (Gers et al. 2000; Jozefowicz et al. 2015). SimpleRNNs have no gate.
+    """
+    for layer in recurrent_layers(model):
+        units, bias = layer.units, layer.cell.bias
+        if isinstance(layer, keras.layers.LSTM):  # gate order: input, forget, candidate, output
+            values = keras.ops.convert_to_numpy(bias).copy()
+            values[units:2 * units] = value
+        elif isinstance(layer, keras.layers.GRU):  # order z, r, h; with reset_after, rows: input and recurrent bias
+            values = keras.ops.convert_to_numpy(bias).copy()
+            values[..., :units] = 0.0
+            values.reshape(-1, 3 * units)[0, :units] = value
+        else:
+            continue
+        bias.assign(values)
+
+
+def recurrent_layer(cell: str, units: int, *, return_sequences: bool, recurrent_dropout: float,
+                    name: str) -> keras.layers.RNN:
+    """One recurrent layer of kind `cell`: `lstm`, `gru` or `simple_rnn`.
+
+    LSTM and GRU get every setting Keras 3 on TensorFlow needs to run them on cuDNN (for the GRU
+    also `reset_after=True`); SimpleRNN has no cuDNN kernel at all. It is the baseline against
+    which the gates earn their keep.
+    """
     # Each argument below is spelled out because changing it would silently lose cuDNN.
-    return keras.layers.LSTM(
-        units,
-        activation="tanh",
-        recurrent_activation="sigmoid",
-        use_bias=True,
-        unroll=False,
-        recurrent_dropout=recurrent_dropout,
-        return_sequences=return_sequences,
-        name=name,
-    )
+    common = {"activation": "tanh", "use_bias": True, "unroll": False, "recurrent_dropout": recurrent_dropout,
+              "return_sequences": return_sequences, "name": name}
+    if cell == "lstm":
+        return keras.layers.LSTM(units, recurrent_activation="sigmoid", **common)
+    if cell == "gru":
+        return keras.layers.GRU(units, recurrent_activation="sigmoid", reset_after=True, **common)
+    if cell == "simple_rnn":
+        return keras.layers.SimpleRNN(units, **common)
+    raise ValueError(f"unknown recurrent cell {cell!r}; expected one of {', '.join(CELLS)}")
 
 
 @dataclass(frozen=True)
 class LSTMKernel:
-    """Whether one LSTM layer can use the cuDNN kernel, and if not, why."""
+    """Whether one recurrent layer (LSTM, GRU or SimpleRNN) can use the cuDNN kernel, and if not, why."""
 
     layer: str
     cudnn_eligible: bool
     reason: str
 
 
-def lstm_layers(model: keras.Model) -> list[keras.layers.LSTM]:
-    """Every LSTM in `model`, including both directions of a `Bidirectional` wrapper."""
+def recurrent_layers(model: keras.Model) -> list[keras.layers.RNN]:
+    """Every LSTM, GRU and SimpleRNN in `model`, both directions of a `Bidirectional` wrapper."""
+    kinds = (keras.layers.LSTM, keras.layers.GRU, keras.layers.SimpleRNN)
     found = []
     for layer in model.layers:
         if isinstance(layer, keras.layers.Bidirectional):
             found += [layer.forward_layer, layer.backward_layer]
-        elif isinstance(layer, keras.layers.LSTM):
+        elif isinstance(layer, kinds):
             found.append(layer)
     return found
 
 
-def cudnn_report(model: keras.Model) -> list[LSTMKernel]:
-    """Check each LSTM against the conditions Keras 3 on TF has for its cuDNN kernel.
+def lstm_layers(model: keras.Model) -> list[keras.layers.LSTM]:
+    """Every LSTM in `model`, including both directions of a `Bidirectional` wrapper."""
+    return [layer for layer in recurrent_layers(model) if isinstance(layer, keras.layers.LSTM)]
 
-    The conditions mirror `keras.layers.LSTM`: tanh and sigmoid activations, a bias, no
-    unrolling, no recurrent dropout and `use_cudnn` not False. A GPU must also be visible,
-    which `gpu_visible()` reports separately.
+
+def cudnn_report(model: keras.Model) -> list[LSTMKernel]:
+    """Check each recurrent layer against the conditions Keras 3 on TF has for its cuDNN kernel.
+
+    The conditions mirror `keras.layers.LSTM` and `keras.layers.GRU`: tanh and sigmoid
+    activations, a bias, no unrolling, no recurrent dropout, `use_cudnn` not False, and for a GRU
+    `reset_after=True`. A SimpleRNN never has one. A GPU must also be visible, which
+    `gpu_visible()` reports separately.
     """
     report = []
-    for lstm in lstm_layers(model):
+    for layer in recurrent_layers(model):
+        if isinstance(layer, keras.layers.SimpleRNN):
+            report.append(LSTMKernel(layer.name, False, "SimpleRNN has no cuDNN kernel"))
+            continue
         problems = []
-        if lstm.activation is not keras.activations.tanh:
+        if layer.activation is not keras.activations.tanh:
             problems.append("activation is not tanh")
-        if lstm.recurrent_activation is not keras.activations.sigmoid:
+        if layer.recurrent_activation is not keras.activations.sigmoid:
             problems.append("recurrent_activation is not sigmoid")
-        if not lstm.use_bias:
+        if not layer.use_bias:
             problems.append("use_bias=False")
-        if lstm.unroll:
+        if isinstance(layer, keras.layers.GRU) and not layer.reset_after:
+            problems.append("reset_after=False")
+        if layer.unroll:
             problems.append("unroll=True")
-        if lstm.recurrent_dropout:
-            problems.append(f"recurrent_dropout={lstm.recurrent_dropout}")
-        if lstm.use_cudnn is False:
+        if layer.recurrent_dropout:
+            problems.append(f"recurrent_dropout={layer.recurrent_dropout}")
+        if layer.use_cudnn is False:
             problems.append("use_cudnn=False")
-        report.append(LSTMKernel(lstm.name, not problems, "; ".join(problems) or "eligible"))
+        report.append(LSTMKernel(layer.name, not problems, "; ".join(problems) or "eligible"))
     return report
 
 

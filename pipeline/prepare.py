@@ -1,6 +1,7 @@
 """Stage 1, prepare: read the raw source and normalise it, one file per split.
 
-Reads: a tensorflow-datasets split (`data.tfds`) or the user's local files (`data.train`, ...).
+Reads: a tensorflow-datasets split (`data.tfds`) or the user's local files (`data.train`, ...),
+or makes synthetic examples instead (`data.synthetic`, see `pipeline.synthetic`).
 Writes to `<workdir>/prepare/`:
   - `train.jsonl`, `validation.jsonl`, `test.jsonl`: one `{"text": ..., "label": id}` per line
     (`label` is absent for `task: lm`);
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import synthetic
 from pipeline.config import Config
 from pipeline.errors import DataError
 from pipeline.readers import Examples, read_local, read_tfds
@@ -41,7 +43,11 @@ class PrepareResult:
 
 def run(config: Config, workdir: str | Path) -> PrepareResult:
     """Read every split, carve the missing ones, and write them under `<workdir>/prepare/`."""
-    splits = {name: _read_split(config, name) for name in SPLITS if _source(config, name)}
+    if config.data.synthetic:  # made, not read: train only, validation and test carved from it
+        splits = {"train": synthetic.examples(config.data.synthetic, length=config.data.synthetic_length,
+                                              count=config.data.synthetic_examples, seed=config.data.split_seed)}
+    else:
+        splits = {name: _read_split(config, name) for name in SPLITS if _source(config, name)}
     skipped = sum(s.skipped_blank for s in splits.values())
     # Files per encoding, as read: with data.encoding=auto this records what was detected.
     encodings = {name: s.encodings for name, s in splits.items() if s.encodings}

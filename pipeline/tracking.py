@@ -253,6 +253,20 @@ def run_exists(run_id: str) -> bool:
         return False
 
 
+def add_to_run(run_id: str, folder: Path, artifact_path: str, metrics: dict[str, float],
+               steps: dict[str, list[float]] | None = None) -> None:
+    """Add a folder's files and some metrics to an existing run, finished or not, without reopening
+    it (its status and end time stay as they were). `steps` are series logged at steps 0, 1, ..."""
+    client = mlflow.MlflowClient()
+    client.log_artifacts(run_id, str(folder), artifact_path)
+    now = int(time.time() * 1000)
+    entries = [Metric(k, float(v), now, 0) for k, v in metrics.items() if math.isfinite(float(v))]
+    entries += [Metric(k, float(v), now, step) for k, series in (steps or {}).items()
+                for step, v in enumerate(series) if math.isfinite(float(v))]
+    for start in range(0, len(entries), 1000):  # MLflow's limit per batch
+        client.log_batch(run_id, metrics=entries[start:start + 1000])
+
+
 def active() -> bool:
     return mlflow.active_run() is not None
 

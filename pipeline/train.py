@@ -8,6 +8,9 @@ Writes to its own folder, `<workdir>/train/<key>/`:
   - `samples/` (language models): text generated after each epoch.
 Per-epoch train and validation metrics go to MLflow with `step=epoch`.
 
+With `train.stateful` (language models, see `pipeline.stateful`), a copy of the model carries its
+LSTM states from one window to the next, and validation reads the split in order.
+
 With `train.distribute` (see `pipeline.distribute`), the model and its optimizer are built in
 the strategy's scope and `fit` splits every global batch among the replicas; under
 `multi_worker`, `distribute.fit` drives the same callbacks, and only worker 0 writes.
@@ -33,7 +36,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline import checkpoints, data, distribute, embeddings, models, signals, tracking
+from pipeline import checkpoints, data, distribute, embeddings, models, signals, stateful, tracking
 from pipeline.config import Config, monitor_mode
 from pipeline.errors import TrainingError
 from pipeline.tokenize import load_split
@@ -67,6 +70,7 @@ def run(config: Config, workdir: str | Path) -> TrainResult:
     prepared = require_stage(config, workdir, "prepare", needed_by="train")
     strategy = distribute.strategy_for(config)
     chief = distribute.is_chief(strategy)
+    _check_stateful(config, strategy)
     setup_runtime(config)
     store = checkpoints.Store(partial_dir(config, workdir))
     resumed = distribute.resume_point(strategy, store.latest() if chief else None, tokenized)
@@ -106,7 +110,7 @@ def run(config: Config, workdir: str | Path) -> TrainResult:
         log.info("worker %d: training done; worker 0 writes the model", strategy.cluster_resolver.task_id)
         return result
     with stage_output(config, workdir, "train") as out:
-        model.save(out / "model.keras")
+        _saved_model(config, model, vocab_size).save(out / "model.keras")
         write_history(history, out / "history.csv")
         if (store.root / "samples").is_dir():
             shutil.copytree(store.root / "samples", out / "samples")
@@ -126,6 +130,8 @@ def _compiled_model(config: Config, strategy: tf.distribute.Strategy, vocab_size
         model = models.build_model(config, vocab_size, labels)
         if config.model.pretrained_embeddings:
             _pretrained_embeddings(config, model, tokenized, resumed)
+        if config.train.stateful:
+            model = stateful.with_carried_state(model, config.train.batch_size)
         model.compile(
             optimizer=keras.optimizers.Adam(learning_rate(config, steps_per_epoch), clipnorm=1.0, **_averaging(config)),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=config.task == "lm"),
@@ -179,6 +185,24 @@ def _pretrained_embeddings(config: Config, model: keras.Model, tokenized: Path,
     tracking.log_metrics({"embedding_coverage": coverage.fraction, "embedding_pieces_found": coverage.found})
 
 
+def _check_stateful(config: Config, strategy: tf.distribute.Strategy) -> None:
+    """Refuse carried states under a strategy that splits each batch among replicas (`auto` can
+    choose one on a machine with several GPUs): a state belongs to one device's rows."""
+    if config.train.stateful and strategy.num_replicas_in_sync > 1:
+        raise TrainingError(f"train.stateful needs one device, but train.distribute={config.train.distribute} "
+                            f"chose {strategy.num_replicas_in_sync} replicas; set train.distribute=none")
+
+
+def _saved_model(config: Config, model: keras.Model, vocab_size: int) -> keras.Model:
+    """The model to save: the trained one, or for `train.stateful` the same weights in the ordinary
+    model (any batch size, every call from zero states), which evaluate and export load."""
+    if not config.train.stateful:
+        return model
+    plain = models.build_model(config, vocab_size)
+    plain.set_weights(model.get_weights())
+    return plain
+
+
 def load(config: Config, workdir: str | Path) -> TrainResult:
     """The result of a finished train stage, read back from its `summary.json`."""
     out = require_stage(config, workdir, "train", needed_by="pipeline run")
@@ -226,6 +250,12 @@ def datasets(config: Config, tokenized: Path, prepared: Path, first_epoch: int):
     t = config.train
     epochs = range(first_epoch, t.epochs)
     train, val = load_split(tokenized, "train"), load_split(tokenized, "validation")
+    if config.task == "lm" and t.stateful:
+        # No batches for fit to validate on: `stateful.StreamingValidation` reads the split in order.
+        extra = {"validation": val, "tokenizer": tokenized / "tokenizer.model",
+                 "steps_per_epoch": data.lm_stream_count(len(train["ids"]), t.sequence_length, t.batch_size)}
+        train_ds = data.lm_stream_dataset(train["ids"], t.sequence_length, t.batch_size, seed=t.seed, epochs=epochs)
+        return train_ds, None, extra
     if config.task == "lm":
         extra = {"validation_characters": int(val["characters"].sum()), "validation_tokens": len(val["ids"]) - 1,
                  "tokenizer": tokenized / "tokenizer.model",
@@ -263,7 +293,12 @@ def _callbacks(config: Config, store: checkpoints.Store | None, early_stopping: 
     if averaged:
         callbacks.insert(0, averaged)  # first: the callbacks after it see the averaged weights
     if config.task == "lm":
-        callbacks.insert(0, BitsPerCharacter(extra["validation_tokens"], extra["validation_characters"]))
+        if config.train.stateful:  # after the weight average, which validation must see
+            callbacks.insert(1 if averaged else 0, stateful.StreamingValidation(extra["validation"],
+                                                                                config.train.sequence_length))
+            callbacks.insert(0, stateful.ResetStates())
+        else:
+            callbacks.insert(0, BitsPerCharacter(extra["validation_tokens"], extra["validation_characters"]))
         if store is not None:
             callbacks.append(SampleText(extra["tokenizer"], store.root / "samples", config.train.sample_prompt,
                                         config.train.sample_tokens, seed=config.train.seed))
