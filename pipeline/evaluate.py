@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,13 +121,7 @@ def language_model_metrics(model: keras.Model, arrays: dict[str, np.ndarray], se
         total_nats += float(loss(tail[None, 1:], model(tail[None, :-1], training=False)))
         tokens += len(tail) - 1
     # The tokenizer is lossless for language models, so the tokens spell exactly these characters.
-    characters = float(arrays["characters"].sum())
-    per_token = total_nats / tokens
-    return {
-        "test_loss": per_token,
-        "test_perplexity": math.exp(min(per_token, 50.0)),
-        "test_bits_per_char": total_nats / math.log(2) / characters,
-    }
+    return stateful.lm_metrics("test", total_nats, tokens, int(arrays["characters"].sum()))
 
 
 def _confusion(labels: np.ndarray, probs: np.ndarray, num_classes: int) -> np.ndarray:
