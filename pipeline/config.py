@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
+from pipeline import synthetic
 from pipeline.errors import ConfigError
 
 
@@ -69,8 +70,9 @@ class DataConfig:
     tfds_data_dir: str = "data/tfds"
     # Folder holding pre-placed TFDS downloads, for machines without network access.
     manual_dir: str | None = None
-    # Make the data instead of reading it (see pipeline.synthetic): `first_token` is sentiment-style
-    # examples of synthetic_length symbols whose label only the first symbol decides. data.tfds and
+    # Make the data instead of reading it (see pipeline.synthetic): `first_token` and `first_symbol`
+    # are sentiment-style examples of synthetic_length symbols whose label only the first symbol
+    # decides (a key unlike the rest, or one from the same alphabet as the rest). data.tfds and
     # the split keys are unused; validation and test are carved from the synthetic_examples.
     synthetic: str | None = None
     synthetic_length: int = 100
@@ -417,8 +419,9 @@ def _check_values(config: Config) -> None:
         raise ConfigError(f"config key train.learning_rate must be positive; got {config.train.learning_rate}")
     if config.train.worker_timeout <= 0:
         raise ConfigError(f"config key train.worker_timeout must be above 0 seconds; got {config.train.worker_timeout}")
-    if config.data.synthetic not in (None, "first_token"):
-        raise ConfigError(f"config key data.synthetic must be first_token or null; got {config.data.synthetic!r}")
+    if config.data.synthetic not in (None, *synthetic.TASKS):
+        raise ConfigError(f"config key data.synthetic must be {', '.join(synthetic.TASKS)} or null; "
+                          f"got {config.data.synthetic!r}")
     if config.data.synthetic and config.task != "sentiment":
         raise ConfigError("config key data.synthetic makes labelled examples for task sentiment; set task=sentiment")
     if config.data.train is None and config.data.synthetic is None:

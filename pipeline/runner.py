@@ -48,6 +48,9 @@ def run_stage(stage: str, config: Config, workdir: str | Path, force: bool = Fal
     resume_id = None
     if stage == "train":
         resumed = train.resumable_run(config, workdir)
+        if resumed is None and not force:
+            for line in train.abandoned_runs(config, workdir):
+                log.warning(line)
         if resumed and force:
             train.discard_checkpoints(config, workdir)
         elif resumed and _same_parent(resumed.run) and tracking.run_exists(resumed.run.get("run_id", "")):

@@ -1,11 +1,21 @@
 """Synthetic data with no files: a task whose answer lies a known number of steps back.
 
-`first_token`, after Hochreiter & Schmidhuber's (1997) long-time-lag experiments: each example is
-`length` symbols, a key `k0` or `k1` first, then `length - 1` distractors drawn uniformly from an
-alphabet of `DISTRACTORS` words (`k1 s5 s2 s7 ...`). The key alone decides the label (`k0`: `low`,
-`k1`: `high`), so a left-to-right reader must carry one bit across every distractor: an LSTM's
-cell state can, a simple RNN's gradient vanishes long before. Read it with
-`model.bidirectional: false`, or the backward direction sees the key last, next to the answer.
+After Hochreiter & Schmidhuber's (1997) long-time-lag experiments, each example is `length`
+symbols and only the first one decides the label, so a left-to-right reader must carry one bit
+across every later symbol. Two tasks:
+
+- `first_token`: a key `k0` or `k1` first, then `length - 1` distractors drawn uniformly from an
+  alphabet of `DISTRACTORS` words (`k1 s5 s2 s7 ...`); `k0` is `low`, `k1` is `high`. A key that no
+  distractor resembles can be latched by any recurrent cell, a simple RNN included (Keras starts
+  its recurrent weights orthogonal, so its gradient does not vanish at once).
+- `first_symbol`: every symbol, the first included, is drawn from the same alphabet (`s6 s5 s2
+  ...`); the first symbol's half of the alphabet decides the label (`s0`-`s3` `low`, `s4`-`s7`
+  `high`). The distractors now look exactly like the key, so the model cannot simply mute them:
+  it must store the first symbol and then keep every later one out of the store, which is what an
+  LSTM's input and forget gates do.
+
+Read either with `model.bidirectional: false`, or the backward direction sees the first symbol
+last, next to the answer.
 """
 
 from __future__ import annotations
@@ -14,7 +24,7 @@ import numpy as np
 
 from pipeline.readers import Examples
 
-TASKS = ("first_token",)
+TASKS = ("first_token", "first_symbol")
 KEYS = ("k0", "k1")
 LABELS = ("low", "high")
 DISTRACTORS = 8
@@ -24,8 +34,8 @@ def examples(task: str, *, length: int, count: int, seed: int) -> Examples:
     """`count` examples of `task`, each `length` symbols long, the same for the same seed.
 
     Args:
-        task: `first_token`.
-        length: symbols per example (the key must be carried across `length - 1` of them).
+        task: `first_token` or `first_symbol` (see the module's docstring).
+        length: symbols per example (the answer must be carried across `length - 1` of them).
         count: examples to make; the pipeline carves validation and test from them.
         seed: the random seed (the pipeline passes `data.split_seed`).
     """
@@ -34,5 +44,10 @@ def examples(task: str, *, length: int, count: int, seed: int) -> Examples:
     rng = np.random.default_rng(seed)
     keys = rng.integers(0, len(KEYS), size=count)
     distractors = rng.integers(0, DISTRACTORS, size=(count, length - 1))
-    texts = [" ".join([KEYS[k], *(f"s{s}" for s in row)]) for k, row in zip(keys, distractors, strict=True)]
+    if task == "first_token":
+        firsts = [KEYS[k] for k in keys]
+    else:  # a symbol from the key's half of the same alphabet
+        half = DISTRACTORS // 2
+        firsts = [f"s{k * half + s}" for k, s in zip(keys, rng.integers(0, half, size=count), strict=True)]
+    texts = [" ".join([first, *(f"s{s}" for s in row)]) for first, row in zip(firsts, distractors, strict=True)]
     return Examples(texts, [LABELS[k] for k in keys])

@@ -36,7 +36,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline import checkpoints, data, distribute, embeddings, models, signals, stateful, tracking
+from pipeline import cache, checkpoints, data, distribute, embeddings, models, signals, stateful, tracking
+from pipeline import config as config_lib
 from pipeline.config import Config, monitor_mode
 from pipeline.errors import TrainingError
 from pipeline.tokenize import load_split
@@ -73,6 +74,8 @@ def run(config: Config, workdir: str | Path) -> TrainResult:
     _check_stateful(config, strategy)
     setup_runtime(config)
     store = checkpoints.Store(partial_dir(config, workdir))
+    if chief:
+        _record_origin(config, store.root)
     resumed = distribute.resume_point(strategy, store.latest() if chief else None, tokenized)
     first_epoch = resumed.epoch if resumed else 0
     # A checkpoint taken as early stopping fired has no epochs left; fit then only restores the best weights.
@@ -228,6 +231,47 @@ def resumable_run(config: Config, workdir: str | Path) -> checkpoints.Checkpoint
         store.remove()
         return None
     return store.latest()
+
+
+ORIGIN = "origin.json"
+
+
+def _record_origin(config: Config, root: Path) -> None:
+    """Write, once, what an interrupted training's checkpoints were made from: the config's
+    fingerprint, the data files and every stage key (read by `abandoned_runs`)."""
+    if (root / ORIGIN).is_file():
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    files = {s: getattr(config.data, s) for s in ("train", "validation", "test")}
+    origin = {"fingerprint": config_lib.fingerprint(config), "keys": cache.stage_keys(config),
+              "files": {s: path for s, path in files.items() if path and not config.data.tfds}}
+    (root / ORIGIN).write_text(json.dumps(origin), encoding="utf-8")
+
+
+def abandoned_runs(config: Config, workdir: str | Path) -> list[str]:
+    """One line for each interrupted training of this very config (same fingerprint) that this
+    run cannot resume because its inputs changed since: a data file's content (a new prepare
+    key) or the pipeline's code. Its checkpoints stay where they are."""
+    keys = cache.stage_keys(config)
+    fingerprint = config_lib.fingerprint(config)
+    lines = []
+    for origin_file in sorted((Path(workdir) / "train").glob(f"*.partial/{ORIGIN}")):
+        try:
+            origin = json.loads(origin_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if origin.get("fingerprint") != fingerprint or origin.get("keys", {}).get("train") == keys["train"]:
+            continue
+        if not checkpoints.Store(origin_file.parent).latest():
+            continue
+        if origin["keys"].get("prepare") != keys["prepare"]:
+            changed = " or ".join(origin.get("files", {}).values()) or "the data"
+            why = f"the content of {changed} changed since it was interrupted"
+        else:
+            why = "the pipeline's code changed since it was interrupted"
+        lines.append(f"the interrupted training in {origin_file.parent} cannot be resumed: {why}; this run "
+                     f"trains from scratch (restore the old input to resume that one, or delete the folder)")
+    return lines
 
 
 def discard_checkpoints(config: Config, workdir: str | Path) -> None:

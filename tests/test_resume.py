@@ -25,7 +25,7 @@ from pipeline.config import load_config
 from pipeline.errors import TrainingError
 from pipeline.workdir import stage_dir
 
-from .conftest import tiny_overrides, write_label_text
+from .conftest import lm_overrides, tiny_overrides, write_corpus, write_label_text
 
 PIPELINE = str(Path(sys.executable).parent / "pipeline")
 
@@ -175,3 +175,42 @@ def test_a_run_left_running_by_a_dead_process_is_marked_killed():
     statuses = {name: mlflow.get_run(run_id).info.status for name, run_id in runs.items()}
     assert statuses == {"stale": "KILLED", "other host": "RUNNING", "other workdir": "RUNNING"}
 
+
+
+def test_a_changed_text_file_says_the_interrupted_training_cannot_be_resumed(tmp_path, caplog):
+    corpus = write_corpus(tmp_path / "corpus.txt", lines=200)
+    config = load_config(None, [*lm_overrides(corpus, tmp_path), "train.stateful=true", "train.batch_size=4"])
+    work = tmp_path / "work"
+
+    class Killed(Exception):
+        pass
+
+    class KillAfterOneEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise Killed
+
+    for stage in (prepare, tokenize):
+        stage.run(config, work)
+    token = train.extra_callbacks.set((KillAfterOneEpoch,))
+    try:
+        with pytest.raises(Killed):
+            train.run(config, work)
+    finally:
+        train.extra_callbacks.reset(token)
+    interrupted = train.partial_dir(config, work)
+    assert (interrupted / "epoch-001").is_dir()
+
+    original = corpus.read_text(encoding="utf-8")
+    corpus.write_text(original + "\nROMEO:\nthe text changed between the start and the resume.\n", encoding="utf-8")
+    changed = load_config(None, [*lm_overrides(corpus, tmp_path), "train.stateful=true", "train.batch_size=4"])
+    assert train.partial_dir(changed, work) != interrupted
+    with caplog.at_level("WARNING", logger="pipeline.runner"):
+        for stage in STAGES[:3]:
+            runner.run_stage(stage, changed, work)
+    lines = [r.getMessage() for r in caplog.records if "cannot be resumed" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert f"the interrupted training in {interrupted} cannot be resumed: the content of {corpus} changed" in lines[0]
+    assert (interrupted / "epoch-001").is_dir(), "the interrupted run's checkpoints are kept"
+    # The edit undone: the interrupted run is this config's own again, resumable, with nothing to say.
+    corpus.write_text(original, encoding="utf-8")
+    assert train.resumable_run(config, work) is not None and train.abandoned_runs(config, work) == []

@@ -28,11 +28,20 @@ def test_only_the_first_symbol_decides_the_label():
     assert 0.4 < agreement < 0.6
 
 
+def test_first_symbol_hides_the_key_among_its_own_alphabet():
+    made = synthetic.examples("first_symbol", length=12, count=400, seed=5)
+    assert made == synthetic.examples("first_symbol", length=12, count=400, seed=5)
+    assert {word for text in made.texts for word in text.split()} == {f"s{i}" for i in range(8)}
+    assert all(label == ("low" if text.split()[0] in {"s0", "s1", "s2", "s3"} else "high")
+               for text, label in zip(made.texts, made.labels, strict=True))
+    assert {text.split()[0] for text in made.texts} == {f"s{i}" for i in range(8)}  # every symbol starts some
+
+
 def test_synthetic_keys_are_checked_and_keyed(tmp_path):
     config = load_config(LONG_RANGE)
     longer = load_config(LONG_RANGE, ["data.synthetic_length=50"])
     assert cache.stage_keys(config)["prepare"] != cache.stage_keys(longer)["prepare"]
-    with pytest.raises(ConfigError, match="data.synthetic must be first_token or null"):
+    with pytest.raises(ConfigError, match="data.synthetic must be first_token, first_symbol or null"):
         load_config(LONG_RANGE, ["data.synthetic=adding"])
     with pytest.raises(ConfigError, match="data.train has no effect because data.synthetic is first_token"):
         load_config(LONG_RANGE, ["data.train=train.txt"])
