@@ -293,9 +293,17 @@ def _train_every_cell(config: Config, workdir: str | Path) -> dict[str, tuple[Pa
         log.info("== compare cells: %s", config_lib.run_name(variant))
         results = runner.run_all(variant, workdir)
         metrics = results["evaluate"].metrics
-        shown = {k: v for k, v in metrics.items() if k in ("test_accuracy", "test_bits_per_char")}
-        trained[cell] = (results["train"].model_path, ", ".join(f"{k}={v:.3f}" for k, v in shown.items()))
+        trained[cell] = (results["train"].model_path, _headline(metrics))
     return trained
+
+
+def _headline(metrics: dict[str, float]) -> str:
+    """The figure a legend shows: the test accuracy or bits per character, or with no test split
+    the validation one that evaluate scored instead (named so)."""
+    for key in ("test_accuracy", "test_bits_per_char", "val_accuracy", "val_bits_per_char"):
+        if key in metrics:
+            return f"{key}={metrics[key]:.3f}"
+    return ""
 
 
 def training_bytes(config: Config, cell: str, vocab_size: int) -> int:

@@ -196,3 +196,9 @@ def test_compare_cells_trains_each_cell_and_draws_their_curves(sentiment_run):
     assert set(parents) == {"tiny-bilstm-2x8", "tiny-bigru-2x8", "tiny-birnn-2x8"}  # the normal stages, per cell
     logged = {a.path for a in client.list_artifacts(parents["tiny-bilstm-2x8"].info.run_id, "inspect")}
     assert {"inspect/compare_cells.png", "inspect/compare_cells.json"} <= logged
+
+
+def test_the_cell_legend_names_the_validation_figure_when_there_is_no_test_split():
+    assert inspect._headline({"test_loss": 0.3, "test_accuracy": 0.8512}) == "test_accuracy=0.851"
+    assert inspect._headline({"val_loss": 0.39, "val_accuracy": 0.8417}) == "val_accuracy=0.842"
+    assert inspect._headline({"val_bits_per_char": 2.4567}) == "val_bits_per_char=2.457"
