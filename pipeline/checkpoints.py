@@ -30,6 +30,7 @@ import numpy as np
 from pipeline import tracking
 
 STATE = "state.json"
+ORIGIN = "origin.json"  # beside the epoch folders: what the training was made from (`train.abandoned_runs`)
 WEIGHTS = "model.weights.h5"
 BEST = "best.npz"
 
@@ -152,9 +153,10 @@ class AveragedWeights(keras.callbacks.SwapEMAWeights):
 class EpochCheckpoint(keras.callbacks.Callback):
     """Writes a checkpoint at the end of every epoch whose loss is finite."""
 
-    def __init__(self, store: Store, early_stopping: ResumableEarlyStopping, averaged: AveragedWeights | None = None):
+    def __init__(self, store: Store, early_stopping: ResumableEarlyStopping, averaged: AveragedWeights | None = None,
+                 origin: dict[str, Any] | None = None):
         super().__init__()
-        self.store, self.early_stopping, self.averaged = store, early_stopping, averaged
+        self.store, self.early_stopping, self.averaged, self.origin = store, early_stopping, averaged, origin
         resumed = early_stopping.resumed
         self.history = {k: list(v) for k, v in resumed.history.items()} if resumed else {}
 
@@ -174,6 +176,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
         }
         with self.averaged.trained_weights() if self.averaged else contextlib.nullcontext():
             self.store.save(self.model, state, es.best_weights)
+        if self.origin is not None and not (self.store.root / ORIGIN).is_file():
+            (self.store.root / ORIGIN).write_text(json.dumps(self.origin), encoding="utf-8")
 
 
 def join_history(before: dict[str, list[float]], after: dict[str, list[float]]) -> dict[str, list[float]]:

@@ -74,8 +74,6 @@ def run(config: Config, workdir: str | Path) -> TrainResult:
     _check_stateful(config, strategy)
     setup_runtime(config)
     store = checkpoints.Store(partial_dir(config, workdir))
-    if chief:
-        _record_origin(config, store.root)
     resumed = distribute.resume_point(strategy, store.latest() if chief else None, tokenized)
     first_epoch = resumed.epoch if resumed else 0
     # A checkpoint taken as early stopping fired has no epochs left; fit then only restores the best weights.
@@ -233,19 +231,12 @@ def resumable_run(config: Config, workdir: str | Path) -> checkpoints.Checkpoint
     return store.latest()
 
 
-ORIGIN = "origin.json"
-
-
-def _record_origin(config: Config, root: Path) -> None:
-    """Write, once, what an interrupted training's checkpoints were made from: the config's
-    fingerprint, the data files and every stage key (read by `abandoned_runs`)."""
-    if (root / ORIGIN).is_file():
-        return
-    root.mkdir(parents=True, exist_ok=True)
+def _origin(config: Config) -> dict:
+    """What a training's checkpoints are made from, kept beside them (`checkpoints.ORIGIN`): the
+    config's fingerprint, the data files and every stage key (read by `abandoned_runs`)."""
     files = {s: getattr(config.data, s) for s in ("train", "validation", "test")}
-    origin = {"fingerprint": config_lib.fingerprint(config), "keys": cache.stage_keys(config),
-              "files": {s: path for s, path in files.items() if path and not config.data.tfds}}
-    (root / ORIGIN).write_text(json.dumps(origin), encoding="utf-8")
+    return {"fingerprint": config_lib.fingerprint(config), "keys": cache.stage_keys(config),
+            "files": {s: path for s, path in files.items() if path and not config.data.tfds}}
 
 
 def abandoned_runs(config: Config, workdir: str | Path) -> list[str]:
@@ -255,7 +246,7 @@ def abandoned_runs(config: Config, workdir: str | Path) -> list[str]:
     keys = cache.stage_keys(config)
     fingerprint = config_lib.fingerprint(config)
     lines = []
-    for origin_file in sorted((Path(workdir) / "train").glob(f"*.partial/{ORIGIN}")):
+    for origin_file in sorted((Path(workdir) / "train").glob(f"*.partial/{checkpoints.ORIGIN}")):
         try:
             origin = json.loads(origin_file.read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -333,7 +324,7 @@ def _callbacks(config: Config, store: checkpoints.Store | None, early_stopping: 
     averaged = checkpoints.AveragedWeights() if config.train.ema_momentum else None
     callbacks = [early_stopping, keras.callbacks.TerminateOnNaN()]
     if store is not None:
-        callbacks.insert(1, checkpoints.EpochCheckpoint(store, early_stopping, averaged))
+        callbacks.insert(1, checkpoints.EpochCheckpoint(store, early_stopping, averaged, origin=_origin(config)))
     if averaged:
         callbacks.insert(0, averaged)  # first: the callbacks after it see the averaged weights
     if config.task == "lm":
