@@ -30,7 +30,6 @@ import numpy as np
 from pipeline import tracking
 
 STATE = "state.json"
-ORIGIN = "origin.json"  # beside the epoch folders: what the training was made from (`train.abandoned_runs`)
 WEIGHTS = "model.weights.h5"
 BEST = "best.npz"
 
@@ -48,6 +47,11 @@ class Checkpoint:
     def run(self) -> dict[str, str]:
         """MLflow ids of the run that was training: `run_id`, `experiment_id`, `parent_run_id`."""
         return self.state.get("run", {})
+
+    @property
+    def origin(self) -> dict[str, Any]:
+        """What the training was made from (`train.abandoned_runs`): its config's fingerprint and stage keys."""
+        return self.state.get("origin", {})
 
     @property
     def stopped_early(self) -> bool:
@@ -173,11 +177,10 @@ class EpochCheckpoint(keras.callbacks.Callback):
             "early_stopping": {"wait": es.wait, "best": None if es.best is None else float(es.best),
                                "best_epoch": es.best_epoch, "stopped": bool(self.model.stop_training)},
             "run": tracking.run_reference(),
+            "origin": self.origin or {},
         }
         with self.averaged.trained_weights() if self.averaged else contextlib.nullcontext():
             self.store.save(self.model, state, es.best_weights)
-        if self.origin is not None and not (self.store.root / ORIGIN).is_file():
-            (self.store.root / ORIGIN).write_text(json.dumps(self.origin), encoding="utf-8")
 
 
 def join_history(before: dict[str, list[float]], after: dict[str, list[float]]) -> dict[str, list[float]]:

@@ -232,35 +232,30 @@ def resumable_run(config: Config, workdir: str | Path) -> checkpoints.Checkpoint
 
 
 def _origin(config: Config) -> dict:
-    """What a training's checkpoints are made from, kept beside them (`checkpoints.ORIGIN`): the
-    config's fingerprint, the data files and every stage key (read by `abandoned_runs`)."""
-    files = {s: getattr(config.data, s) for s in ("train", "validation", "test")}
-    return {"fingerprint": config_lib.fingerprint(config), "keys": cache.stage_keys(config),
-            "files": {s: path for s, path in files.items() if path and not config.data.tfds}}
+    """What a training's checkpoints are made from, kept in their state (`Checkpoint.origin`): the
+    config's fingerprint and every stage key (read by `abandoned_runs`)."""
+    return {"fingerprint": config_lib.fingerprint(config), "keys": cache.stage_keys(config)}
 
 
 def abandoned_runs(config: Config, workdir: str | Path) -> list[str]:
-    """One line for each interrupted training of this very config (same fingerprint) that this
-    run cannot resume because its inputs changed since: a data file's content (a new prepare
-    key) or the pipeline's code. Its checkpoints stay where they are."""
+    """One line for each interrupted training of this very config (same fingerprint, so the same
+    data paths) that this run cannot resume because its inputs changed since: a data file's
+    content (a new prepare key) or the pipeline's code. Its checkpoints stay where they are."""
     keys = cache.stage_keys(config)
     fingerprint = config_lib.fingerprint(config)
+    files = [path for path in (config.data.train, config.data.validation, config.data.test) if path]
     lines = []
-    for origin_file in sorted((Path(workdir) / "train").glob(f"*.partial/{checkpoints.ORIGIN}")):
-        try:
-            origin = json.loads(origin_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+    for partial in sorted((Path(workdir) / "train").glob("*.partial")):
+        latest = checkpoints.Store(partial).latest()
+        origin = latest.origin if latest else {}
+        if origin.get("fingerprint") != fingerprint or origin["keys"]["train"] == keys["train"]:
             continue
-        if origin.get("fingerprint") != fingerprint or origin.get("keys", {}).get("train") == keys["train"]:
-            continue
-        if not checkpoints.Store(origin_file.parent).latest():
-            continue
-        if origin["keys"].get("prepare") != keys["prepare"]:
-            changed = " or ".join(origin.get("files", {}).values()) or "the data"
+        if origin["keys"]["prepare"] != keys["prepare"]:
+            changed = " or ".join(files) if files and not config.data.tfds else "the data"
             why = f"the content of {changed} changed since it was interrupted"
         else:
             why = "the pipeline's code changed since it was interrupted"
-        lines.append(f"the interrupted training in {origin_file.parent} cannot be resumed: {why}; this run "
+        lines.append(f"the interrupted training in {partial} cannot be resumed: {why}; this run "
                      f"trains from scratch (restore the old input to resume that one, or delete the folder)")
     return lines
 
