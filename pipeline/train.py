@@ -340,18 +340,20 @@ def _callbacks(config: Config, store: checkpoints.Store | None, early_stopping: 
 class BitsPerCharacter(keras.callbacks.Callback):
     """Adds `val_perplexity` and `val_bits_per_char` to the epoch logs of a language model.
 
-    The validation loss is the mean cross-entropy in nats per predicted token; times the tokens
-    per character it becomes nats per character, which compares across tokenizers.
+    The validation loss is the mean cross-entropy in nats per predicted token; over the split's
+    tokens and characters it becomes bits per character (`stateful.lm_metrics`, the formula the
+    evaluate stage uses too), which compares across tokenizers.
     """
 
     def __init__(self, tokens: int, characters: int):
         super().__init__()
-        self.tokens_per_char = tokens / max(characters, 1)
+        self.tokens, self.characters = tokens, characters
 
     def on_epoch_end(self, epoch, logs=None):
         if logs and "val_loss" in logs:
-            logs["val_perplexity"] = math.exp(min(logs["val_loss"], 50.0))
-            logs["val_bits_per_char"] = logs["val_loss"] * self.tokens_per_char / math.log(2)
+            figures = stateful.lm_metrics("val", logs["val_loss"] * self.tokens, self.tokens, self.characters)
+            logs["val_perplexity"] = figures["val_perplexity"]
+            logs["val_bits_per_char"] = figures["val_bits_per_char"]
 
 
 class SampleText(keras.callbacks.Callback):

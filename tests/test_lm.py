@@ -13,7 +13,7 @@ import pytest
 import tensorflow_datasets as tfds
 from click.testing import CliRunner
 
-from pipeline import evaluate, generation, models, prepare, tokenize, tokenizer
+from pipeline import evaluate, generation, models, prepare, tokenize, tokenizer, train
 from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.errors import DataError
@@ -174,3 +174,11 @@ def test_real_tfds_builder_prepares_offline_from_the_placed_file(tmp_path):
     prepare.run(config, tmp_path / "work")
     stats = json.loads((stage_dir(config, tmp_path / "work", "prepare") / "stats.json").read_text())
     assert [stats[s]["characters"] for s in ("train", "validation", "test")] == [1003854, 55770, 55770]
+
+
+def test_validation_bits_per_char_counts_the_split_characters_not_its_tokens():
+    logs = {"val_loss": 2 * math.log(2)}  # 2 bits a token
+    train.BitsPerCharacter(tokens=30, characters=60).on_epoch_end(0, logs)
+    assert logs["val_bits_per_char"] == pytest.approx(1.0)  # 60 bits over 60 characters
+    assert logs["val_perplexity"] == pytest.approx(4.0)
+    assert logs["val_loss"] == 2 * math.log(2)
