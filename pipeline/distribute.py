@@ -364,7 +364,7 @@ def training_over(strategy: tf.distribute.Strategy) -> None:
 
 
 def fit(model, strategy: tf.distribute.Strategy, train_ds: tf.data.Dataset, val_ds: tf.data.Dataset, *,
-        epochs: int, initial_epoch: int, steps_per_epoch: int, callbacks: list, from_logits: bool,
+        epochs: int, initial_epoch: int, steps_per_epoch: int, callbacks: list, loss,
         verbose: int) -> dict[str, list[float]]:
     """`model.fit`'s loop, for a strategy whose `fit` fails: the same callbacks, in the same order.
 
@@ -374,13 +374,15 @@ def fit(model, strategy: tf.distribute.Strategy, train_ds: tf.data.Dataset, val_
     Epoch and validation metrics are sums over every row, reduced across workers, so each worker
     logs the same numbers and early stopping decides the same on all of them.
 
+    Args:
+        loss: the training loss with `reduction=None` (one value per row, or per token).
+
     Returns:
         The metrics of each epoch run, as `History.history` holds them.
     """
     import keras
 
-    steps = _Steps(model, strategy, keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits,
-                                                                               reduction=None))
+    steps = _Steps(model, strategy, loss)
     train_batches = iter(strategy.experimental_distribute_dataset(_sharded_by_data(train_ds)))
     val_batches = strategy.experimental_distribute_dataset(_sharded_by_data(val_ds))
     hooks = keras.callbacks.CallbackList(callbacks, add_progbar=verbose > 0, model=model, verbose=verbose,
@@ -450,6 +452,8 @@ class _Steps:
 
     @staticmethod
     def _sums(per_unit, outputs, targets):
+        if outputs.shape.rank == targets.shape.rank + 2:  # an ensemble's members: score their mean
+            outputs = tf.reduce_mean(outputs, axis=1)
         correct = tf.cast(tf.argmax(outputs, axis=-1, output_type=tf.int32) == tf.cast(targets, tf.int32), tf.float32)
         return tf.stack([tf.reduce_sum(tf.cast(per_unit, tf.float32)), tf.reduce_sum(correct),
                          tf.cast(tf.size(per_unit), tf.float32)])

@@ -98,7 +98,8 @@ def run(config: Config, workdir: str | Path) -> TrainResult:
                 "callbacks": callbacks, "verbose": 2 if _quiet() else 1}
     with signals.deferred():  # Ctrl-C stops between batches, never inside a checkpoint or an MLflow write
         if distribute.needs_own_loop(strategy):
-            history = distribute.fit(model, strategy, train_ds, val_ds, from_logits=config.task == "lm", **fit_args)
+            history = distribute.fit(model, strategy, train_ds, val_ds, loss=training_loss(config, reduction=None),
+                                     **fit_args)
         else:
             history = model.fit(train_ds, validation_data=val_ds, shuffle=False, **fit_args).history
     distribute.training_over(strategy)
@@ -111,7 +112,7 @@ def run(config: Config, workdir: str | Path) -> TrainResult:
         log.info("worker %d: training done; worker 0 writes the model", strategy.cluster_resolver.task_id)
         return result
     with stage_output(config, workdir, "train") as out:
-        _saved_model(config, model, vocab_size).save(out / "model.keras")
+        _saved_model(config, model, vocab_size, len(extra.get("labels", []))).save(out / "model.keras")
         write_history(history, out / "history.csv")
         if (store.root / "samples").is_dir():
             shutil.copytree(store.root / "samples", out / "samples")
@@ -133,10 +134,11 @@ def _compiled_model(config: Config, strategy: tf.distribute.Strategy, vocab_size
             _pretrained_embeddings(config, model, tokenized, resumed)
         if config.train.stateful:
             model = stateful.with_carried_state(model, config.train.batch_size)
+        model = models.training_model(model)
         model.compile(
             optimizer=keras.optimizers.Adam(learning_rate(config, steps_per_epoch), clipnorm=1.0, **_averaging(config)),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=config.task == "lm"),
-            metrics=["accuracy"],
+            loss=training_loss(config),
+            metrics=[models.EnsembleAccuracy(name="accuracy") if _members(config) else "accuracy"],
         )
         model.optimizer.build(model.trainable_variables)  # its variables too are made on every replica
     if resumed:
@@ -145,6 +147,18 @@ def _compiled_model(config: Config, strategy: tf.distribute.Strategy, vocab_size
         resumed.restore(model)
         distribute.sync_from_chief(strategy, model)
     return model
+
+
+def training_loss(config: Config, reduction: str | None = "sum_over_batch_size") -> keras.losses.Loss:
+    """The loss the model trains on: cross-entropy of the next token (logits) or of the label
+    (probabilities), an ensemble's being each member's own (`models.MemberCrossentropy`)."""
+    if _members(config):
+        return models.MemberCrossentropy(reduction=reduction)
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=config.task == "lm", reduction=reduction)
+
+
+def _members(config: Config) -> bool:
+    return config.task == "sentiment" and config.model.ensemble > 1
 
 
 def learning_rate(config: Config, steps_per_epoch: int) -> float | keras.optimizers.schedules.LearningRateSchedule:
@@ -194,13 +208,16 @@ def _check_stateful(config: Config, strategy: tf.distribute.Strategy) -> None:
                             f"chose {strategy.num_replicas_in_sync} replicas; set train.distribute=none")
 
 
-def _saved_model(config: Config, model: keras.Model, vocab_size: int) -> keras.Model:
-    """The model to save: the trained one, or for `train.stateful` the same weights in the ordinary
-    model (any batch size, every call from zero states), which evaluate and export load."""
-    if not config.train.stateful:
+def _saved_model(config: Config, model: keras.Model, vocab_size: int, labels: int) -> keras.Model:
+    """The model to save: the trained one, or the same weights in the ordinary model, which evaluate
+    and export load: for `train.stateful` one taking any batch size, every call from zero states;
+    for an ensemble one giving the members' mean probability."""
+    if not (config.train.stateful or _members(config)):
         return model
-    plain = models.build_model(config, vocab_size)
-    plain.set_weights(model.get_weights())
+    plain = models.build_model(config, vocab_size, labels)
+    for layer in plain.layers:
+        if layer.weights:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
     return plain
 
 

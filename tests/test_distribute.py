@@ -134,6 +134,17 @@ def _weights(train_dir: Path) -> list[np.ndarray]:
 
 
 
+def test_the_multi_worker_loop_scores_an_ensemble_by_its_members_mean():
+    import tensorflow as tf
+
+    # Two rows, two members: row 0's members disagree (mean says class 1), row 1's agree on class 0.
+    members = tf.constant([[[0.6, 0.4], [0.1, 0.9]], [[0.8, 0.2], [0.7, 0.3]]])
+    targets = tf.constant([1, 0])
+    per_row = tf.constant([0.5, 0.25])
+    loss_sum, correct, rows = distribute._Steps._sums(per_row, members, targets).numpy()
+    assert (loss_sum, correct, rows) == (0.75, 2.0, 2.0)
+
+
 def test_auto_is_multi_worker_under_a_cluster_tf_config(monkeypatch, tiny_config):
     spec = {"cluster": {"worker": ["localhost:1", "localhost:2"]}, "task": {"type": "worker", "index": 1}}
     monkeypatch.setenv("TF_CONFIG", json.dumps(spec))

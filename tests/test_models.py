@@ -58,6 +58,32 @@ def test_ensemble_outputs_the_mean_of_its_members_and_trains_each_of_them(tmp_pa
     _one_step_changes_every_weight(model, x, np.array([0, 2]), "sparse_categorical_crossentropy")
 
 
+def test_each_ensemble_member_learns_from_its_own_loss():
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(0)
+    model = models.build_sentiment_lstm(30, 2, units=4, embedding_dim=4, layers=1, pooling="mean", ensemble=2,
+                                        dropout=0.0)
+    x = np.array([[2, 5, 6, 7, 0], [2, 8, 0, 0, 0], [2, 9, 3, 0, 0]], dtype="int32")
+    y = np.array([0, 1, 1])
+    trainer = models.training_model(model)
+    members = [keras.Model(model.input, model.get_layer(f"member_{k}_classifier").output) for k in range(2)]
+    np.testing.assert_allclose(trainer(x), np.stack([m(x) for m in members], axis=1), atol=1e-6)
+    alone = keras.losses.SparseCategoricalCrossentropy()
+    with tf.GradientTape(persistent=True) as tape:
+        together = models.MemberCrossentropy()(y, trainer(x))
+        own = [alone(y, m(x)) for m in members]
+    np.testing.assert_allclose(together, np.mean(own), rtol=1e-6)
+    # Member 0's gradient is that of its own loss (halved by the mean): member 1's output plays no part.
+    for got, expected in zip(tape.gradient(together, members[0].trainable_weights),
+                             tape.gradient(own[0], members[0].trainable_weights), strict=True):
+        np.testing.assert_allclose(tf.convert_to_tensor(got), tf.convert_to_tensor(expected) / 2, rtol=1e-5, atol=1e-8)
+    accuracy = models.EnsembleAccuracy()
+    accuracy.update_state(y, trainer(x))
+    assert float(accuracy.result()) == pytest.approx(np.mean(np.argmax(model(x), axis=-1) == y))
+    assert models.training_model(models.build_sentiment_lstm(30, 2, units=4, embedding_dim=4)).name == "sentiment_lstm"
+
+
 @pytest.mark.parametrize("tie", [False, True])
 def test_one_training_step_changes_every_language_model_weight(tie):
     keras.utils.set_random_seed(0)

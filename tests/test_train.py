@@ -50,6 +50,20 @@ def test_training_writes_model_history_and_kernel_report(tiny_config, tmp_path):
     assert (out / "history.csv").read_text().splitlines()[0].startswith("epoch,")
 
 
+def test_an_ensemble_trains_its_members_apart_and_saves_their_mean(sentiment_files, tmp_path):
+    config = load_config(None, tiny_overrides(sentiment_files, tmp_path) + ["model.ensemble=2", "train.epochs=1"])
+    for stage in (prepare, tokenize):
+        stage.run(config, tmp_path / "work")
+    result = train.run(config, tmp_path / "work")
+    saved = keras.saving.load_model(result.model_path, safe_mode=True)
+    assert saved.output_shape == (None, 2)  # the members' mean, not the stack fit trained
+    # The saved weights are the trained ones: the figure validation logged is the saved model's own.
+    work = tmp_path / "work"
+    _, val_ds, _ = train.datasets(config, stage_dir(config, work, "tokenize"), stage_dir(config, work, "prepare"), 0)
+    saved.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    assert saved.evaluate(val_ds, verbose=0, return_dict=True)["accuracy"] == result.best_metrics["val_accuracy"]
+
+
 def test_recurrent_dropout_is_reported_with_its_cost(sentiment_files, tmp_path, caplog):
     config = load_config(None, tiny_overrides(sentiment_files, tmp_path) + ["model.recurrent_dropout=0.2",
                                                                             "train.epochs=1"])
