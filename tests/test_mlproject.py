@@ -37,3 +37,25 @@ def test_mlflow_run_main_gives_one_parent_with_nested_stage_runs(sentiment_files
     children = sorted(r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id)
     assert children == sorted(["prepare", "tokenize", "train", "evaluate", "export"])
     assert "test_accuracy" in parent.data.metrics
+
+
+def test_every_entry_point_is_a_command_line_the_cli_accepts(tmp_path, monkeypatch):
+    import shlex
+
+    from mlflow.projects import _project_spec
+
+    from pipeline import cli
+
+    monkeypatch.chdir(ROOT)  # the entry points' defaults are paths in the project
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a fine film\n", encoding="utf-8")
+    project = _project_spec.load_project(str(ROOT))
+    assert set(project._entry_points) == {"main", "prepare", "tokenize", "train", "evaluate", "export", "inspect",
+                                          "sweep"}
+    for entry_point in project._entry_points.values():
+        given = {"input": str(texts)} if "input" in entry_point.parameters else {}
+        words = shlex.split(entry_point.compute_command(given, str(tmp_path)))
+        assert words[0] == "pipeline"
+        command = cli.main.commands[words[1]]
+        with command.make_context(words[1], words[2:]) as context:  # raises on an option the command lacks
+            assert context.params.get("override_string") == ""
