@@ -158,7 +158,7 @@ def training_loss(config: Config, reduction: str | None = "sum_over_batch_size")
 
 
 def _members(config: Config) -> bool:
-    return config.task == "sentiment" and config.model.ensemble > 1
+    return config.model.ensemble > 1  # sentiment only: the config check refuses an ensemble for lm
 
 
 def learning_rate(config: Config, steps_per_epoch: int) -> float | keras.optimizers.schedules.LearningRateSchedule:
