@@ -4,11 +4,12 @@ Reads `<workdir>/train/` (`model.keras`, `history.csv`), `<workdir>/tokenize/tes
 `<workdir>/prepare/labels.json`.
 Writes to `<workdir>/evaluate/`:
   - `metrics.json`: `test_*` metrics (sentiment: accuracy, macro-F1, ROC-AUC for two classes,
-    loss; language model: loss in nats per token, perplexity, bits per character; with
-    `train.stateful` read with carried states, the cold-start ones as `test_cold_*`), or `val_*`
-    ones of the validation split when the config has no test split;
+    loss; language model: loss in nats per token, perplexity, bits per character of the split
+    read in order with carried states, and as `test_cold_*` the same in windows of
+    `train.sequence_length` tokens, each from a zero state), or `val_*` ones of the validation
+    split when the config has no test split;
   - `confusion_matrix.png` (sentiment) and `curve_<metric>.png` learning curves;
-  - `bits_per_char_by_context.png`/`.json` (`train.stateful`): bits per character by context read.
+  - `bits_per_char_by_context.png`/`.json` (language model): bits per character by context read.
 """
 
 from __future__ import annotations
@@ -46,10 +47,10 @@ def run(config: Config, workdir: str | Path) -> EvaluateResult:
     test = load_split(tokenized, split)
     with stage_output(config, workdir, "evaluate") as out:
         if config.task == "lm":
-            metrics = language_model_metrics(model, test, config.train.sequence_length, config.train.batch_size)
-            if config.train.stateful:  # read as it was trained: in order, states carried; cold figures kept
-                metrics = stateful.score_split(model, test, tokenized / "tokenizer.model",
-                                               config.train.sequence_length, metrics, out)
+            # Read as a text is read, in order with states carried; the cold-start figures kept beside.
+            cold = language_model_metrics(model, test, config.train.sequence_length, config.train.batch_size)
+            metrics = stateful.score_split(model, test, tokenized / "tokenizer.model", config.train.sequence_length,
+                                           cold, out)
         else:
             prepared = require_stage(config, workdir, "prepare", needed_by="evaluate")
             labels = json.loads((prepared / "labels.json").read_text(encoding="utf-8"))

@@ -7,8 +7,7 @@ version number each time. Its `serving_default` signature maps a batch of UTF-8 
 `probabilities` and the predicted `label`. Tokenization runs in the graph (tensorflow-text's
 SentencePiece op), so a client needs TensorFlow and `import tensorflow_text`, nothing else.
 A language model's export has `generate` and `score` signatures instead; `score` reads a text
-as the evaluate stage reads the test split (`score_window` in `pipeline.json`: 0 for one pass with
-carried states, else a zero state every that many tokens).
+as the evaluate stage reads the test split: in one pass, the state carried through the text.
 `pipeline.json` beside `saved_model.pb` records the task and labels.
 """
 
@@ -71,10 +70,8 @@ def run(config: Config, workdir: str | Path) -> ExportResult:
     if config.task == "lm":
         from pipeline.generation import build_lm_server
 
-        # `score` reads a text as evaluate reads the test split: carried states, or cold windows.
-        window = 0 if config.train.stateful else config.train.sequence_length
-        server, signatures = build_lm_server(model, tokenizer_model, window)
-        info = {"task": "lm", "vocab_size": model.get_layer("embedding").input_dim, "score_window": window}
+        server, signatures = build_lm_server(model, tokenizer_model)
+        info = {"task": "lm", "vocab_size": model.get_layer("embedding").input_dim}
     else:
         prepared = require_stage(config, workdir, "prepare", needed_by="export")
         labels = json.loads((prepared / "labels.json").read_text(encoding="utf-8"))

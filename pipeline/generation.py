@@ -119,15 +119,13 @@ def generate_text(generator: Generator, sp, prompts: list[str], *, max_tokens: i
 class LanguageModelServer(tf.Module):
     """Raw strings in: `generate` continues prompts, `score` gives bits per character.
 
-    `score` reads each text as the evaluate stage reads the test split: with `window=0` in one
-    pass, the state carried through the whole text (a model trained with `train.stateful`); else
-    from a zero state every `window` tokens (`train.sequence_length`, the span it was trained on).
+    `score` reads each text as the evaluate stage reads the test split: in one pass, the state
+    carried through the whole text.
     """
 
-    def __init__(self, model: keras.Model, tokenizer_model: bytes, window: int = 0):
+    def __init__(self, model: keras.Model, tokenizer_model: bytes):
         super().__init__()
         self.model = model
-        self.window = window
         self.generator = Generator(build_decoder(model))
         self.tokenizer = tf_text.SentencepieceTokenizer(model=tokenizer_model, add_bos=True)
 
@@ -150,25 +148,15 @@ class LanguageModelServer(tf.Module):
         # One extra padding column keeps the input at least one step long for empty strings.
         ids = tf.pad(ids, [[0, 0], [0, 1]])
         targets = ids[:, 1:]
-        logits = self._logits(ids[:, :-1])
+        logits = self.model(ids[:, :-1], training=False)
         nats = tf.nn.sparse_softmax_cross_entropy_with_logits(targets, tf.cast(logits, tf.float32))
         nats = tf.reduce_sum(nats * tf.cast(targets != tokenizer.PAD_ID, tf.float32), axis=1)
         characters = tf.cast(tf.strings.length(text, unit="UTF8_CHAR"), tf.float32)
         return {"bits_per_char": tf.math.divide_no_nan(nats / tf.math.log(2.0), characters)}
 
 
-    def _logits(self, inputs):
-        if not self.window:
-            return self.model(inputs, training=False)
-        # Each window becomes a row of its own, so every window starts from zeros.
-        rows, length = tf.shape(inputs)[0], tf.shape(inputs)[1]
-        padded = -(-length // self.window) * self.window
-        windows = tf.reshape(tf.pad(inputs, [[0, 0], [0, padded - length]]), [-1, self.window])
-        logits = self.model(windows, training=False)
-        return tf.reshape(logits, [rows, padded, tf.shape(logits)[-1]])[:, :length]
 
-
-def build_lm_server(model: keras.Model, tokenizer_model: bytes, window: int = 0):
-    """The export module and its signatures, for `export.run`; `window` as `LanguageModelServer` takes it."""
-    server = LanguageModelServer(model, tokenizer_model, window)
+def build_lm_server(model: keras.Model, tokenizer_model: bytes):
+    """The export module and its signatures, for `export.run`."""
+    server = LanguageModelServer(model, tokenizer_model)
     return server, {"serving_default": server.generate, "generate": server.generate, "score": server.score}

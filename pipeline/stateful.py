@@ -12,9 +12,10 @@ the states are initial states of the same LSTM kernel, so the cuDNN conditions a
 The saved `model.keras` is the ordinary model built by `models.build_model`; a state is a
 property of how it is read, not of its weights.
 
-Scoring reads a split the same way, in order with states carried from window to window
-(`streaming_nats`); the cold-start figure, every window from a zero state, is what a model that
-never carried a state is scored with (`evaluate.language_model_metrics`).
+The evaluate stage reads every language model's test split the same way, in order with states
+carried from window to window (`streaming_nats`), whether or not it was trained with carried
+states: that is how a text is read. The cold-start figure, every window from a zero state
+(`evaluate.language_model_metrics`), is kept beside it.
 """
 
 from __future__ import annotations
@@ -168,7 +169,7 @@ CONTEXT_STREAMS = 16
 
 def score_split(model: keras.Model, arrays: dict[str, np.ndarray], tokenizer_model: Path, window: int,
                 cold: dict[str, float], out: Path) -> dict[str, float]:
-    """The evaluate stage's figures for a model trained with carried states.
+    """The evaluate stage's figures for a language model.
 
     `test_*` are the split read as one text with carried states (as the export's `score` reads a
     text); the cold-start `cold` figures (from `evaluate.language_model_metrics`) are kept as

@@ -91,4 +91,29 @@ def lm_overrides(corpus: Path, tmp_path: Path) -> list[str]:
         "train.epochs=2", "train.batch_size=8", "train.sequence_length=16", "train.sample_tokens=10",
         "train.sample_prompt=ROMEO:", f"export.dir={tmp_path / 'models'}",
     ]
+
+
+def assert_stage_and_export_score_alike(config, work: Path, exported: Path) -> None:
+    """The evaluate stage's test bits per character is the test text read in one pass, as the
+    export's `score` reads it; the cold-start figure, windows from zero states, is kept apart."""
+    import json
+
+    import keras
+    import tensorflow as tf
+
+    from pipeline import evaluate, prepare, tokenize
+    from pipeline.workdir import stage_dir
+
+    metrics = json.loads((stage_dir(config, work, "evaluate") / "metrics.json").read_text())
+    text = prepare.read_examples(stage_dir(config, work, "prepare") / "test.jsonl")[0][0]
+    served = tf.saved_model.load(str(exported)).signatures["score"](text=tf.constant([text]))
+    assert served["bits_per_char"].numpy()[0] == pytest.approx(metrics["test_bits_per_char"], rel=1e-4)
+    assert metrics["test_cold_bits_per_char"] != pytest.approx(metrics["test_bits_per_char"], rel=1e-4)
+    # The saved model is the ordinary one: any batch size, each call from zero states.
+    model = keras.saving.load_model(stage_dir(config, work, "train") / "model.keras")
+    test = tokenize.load_split(stage_dir(config, work, "tokenize"), "test")
+    cold = evaluate.language_model_metrics(model, test, config.train.sequence_length, 3)
+    assert cold["test_bits_per_char"] == pytest.approx(metrics["test_cold_bits_per_char"], rel=1e-5)
+
+
 from .mlflow_servers import mlflow_server  # noqa: E402, F401  fixture: a real `mlflow server` per test module

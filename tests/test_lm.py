@@ -19,7 +19,7 @@ from pipeline.config import load_config
 from pipeline.errors import DataError
 from pipeline.workdir import stage_dir
 
-from .conftest import PRESETS_DIR, lm_overrides, write_corpus
+from .conftest import PRESETS_DIR, assert_stage_and_export_score_alike, lm_overrides, write_corpus
 
 SHAKESPEARE = PRESETS_DIR.parent / "data" / "tinyshakespeare" / "input.txt"  # shipped, see data/README.md
 
@@ -114,6 +114,13 @@ def test_lm_run_logs_bits_per_char_and_samples(lm_run):
     assert samples == {"samples/epoch_000.txt", "samples/epoch_001.txt"}
     text = Path(client.download_artifacts(train_run.info.run_id, "samples/epoch_001.txt")).read_text()
     assert "--- prompt 'ROMEO:', temperature 0.8" in text
+
+
+def test_a_model_trained_on_windows_is_scored_reading_the_text_in_one_pass(lm_run):
+    root, _, _ = lm_run
+    config = load_config(None, lm_overrides(root / "corpus.txt", root))
+    assert not config.train.stateful
+    assert_stage_and_export_score_alike(config, root / "work", root / "models" / "tinylm-lstm-2x16" / "1")
 
 
 def test_export_generates_the_same_text_in_a_fresh_process(lm_run):

@@ -16,13 +16,13 @@ import pytest
 import tensorflow as tf
 from click.testing import CliRunner
 
-from pipeline import data, evaluate, generation, models, prepare, stateful, tokenize, train
+from pipeline import data, evaluate, models, prepare, stateful, tokenize, train
 from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.errors import ConfigError, DataError
 from pipeline.workdir import stage_dir
 
-from .conftest import lm_overrides, tiny_overrides, write_corpus
+from .conftest import assert_stage_and_export_score_alike, lm_overrides, tiny_overrides, write_corpus
 
 PIPELINE = str(Path(sys.executable).parent / "pipeline")
 
@@ -122,32 +122,7 @@ def stateful_run(tmp_path_factory):
 
 def test_stage_and_export_give_the_same_bits_per_char_for_the_test_text(stateful_run):
     config, root, _ = stateful_run
-    work = root / "work"
-    metrics = json.loads((stage_dir(config, work, "evaluate") / "metrics.json").read_text())
-    text = prepare.read_examples(stage_dir(config, work, "prepare") / "test.jsonl")[0][0]
-    exported = tf.saved_model.load(str(root / "models" / "tinylm-lstm-2x16" / "1"))
-    served = exported.signatures["score"](text=tf.constant([text]))["bits_per_char"].numpy()[0]
-    assert served == pytest.approx(metrics["test_bits_per_char"], rel=1e-4)
-    assert metrics["test_cold_bits_per_char"] != pytest.approx(metrics["test_bits_per_char"], rel=1e-4)
-    # The saved model is the ordinary one: any batch size, each call from zero states.
-    model = keras.saving.load_model(stage_dir(config, work, "train") / "model.keras")
-    test = tokenize.load_split(stage_dir(config, work, "tokenize"), "test")
-    cold = evaluate.language_model_metrics(model, test, config.train.sequence_length, 3)
-    assert cold["test_bits_per_char"] == pytest.approx(metrics["test_cold_bits_per_char"], rel=1e-5)
-
-
-def test_export_of_a_windowed_model_scores_as_the_stage_does(stateful_run):
-    config, root, _ = stateful_run
-    model = keras.saving.load_model(stage_dir(config, root / "work", "train") / "model.keras")
-    tokenized = stage_dir(config, root / "work", "tokenize")
-    test = tokenize.load_split(tokenized, "test")
-    text = prepare.read_examples(stage_dir(config, root / "work", "prepare") / "test.jsonl")[0][0]
-    server, _ = generation.build_lm_server(model, (tokenized / "tokenizer.model").read_bytes(), window=16)
-    served = server.score(tf.constant([text, "ROMEO:"]))["bits_per_char"].numpy()
-    windows = evaluate.language_model_metrics(model, test, 16, 8)
-    assert served[0] == pytest.approx(windows["test_bits_per_char"], rel=1e-4)
-    one_pass = generation.build_lm_server(model, (tokenized / "tokenizer.model").read_bytes())[0]
-    assert one_pass.score(tf.constant(["ROMEO:"]))["bits_per_char"].numpy()[0] == pytest.approx(served[1], rel=1e-5)
+    assert_stage_and_export_score_alike(config, root / "work", root / "models" / "tinylm-lstm-2x16" / "1")
 
 
 def test_run_logs_streaming_and_cold_validation_and_the_context_plot(stateful_run):
