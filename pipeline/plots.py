@@ -60,11 +60,11 @@ def confusion_matrix(matrix: np.ndarray, labels: list[str], path: Path) -> Path:
 
 def context_curve(curve: dict[str, list], path: Path) -> Path:
     """Bits per character by characters read since the last state reset (`stateful.context_curve`),
-    states carried and reset every window, on the same axes."""
+    states carried and the same characters read with a reset every window, on the same axes."""
     edges = curve["edges"]
     labels = [f"{a}-{b}" for a, b in zip(edges, edges[1:], strict=False)] + [f"{edges[-1]}+"]
     fig, ax = plt.subplots(figsize=(7, 4))
-    for name, label in (("carried", "states carried"), ("cold", "reset every window")):
+    for name, label in (("carried", "states carried"), ("cold", "same characters, reset every window")):
         points = [(i, v) for i, v in enumerate(curve[name]) if v is not None]
         ax.plot([i for i, _ in points], [v for _, v in points], marker="o", label=label)
     ax.set_xticks(range(len(labels)), labels, rotation=30)

@@ -214,10 +214,13 @@ def context_curve(model: keras.Model, stream: np.ndarray, spelled: np.ndarray, w
 
     `spelled` holds the characters of each token of `stream` (`spelled_characters`).
 
-    The stream is read as `streams` contiguous parts, each from a zero state: `carried` carries
-    the states through its whole part, `cold` resets them every `window` tokens. Where `carried`
-    keeps falling past the span of one window, the model uses context longer than it was
-    trained on in one piece.
+    The stream is read as `streams` contiguous parts, each from a zero state, twice: `carried`
+    carries the states through its whole part, `cold` resets them every `window` tokens. Each
+    token falls in the bin of the characters the carried read had seen before it, in both reads,
+    so the two curves score the same characters bin by bin and differ only by the context the
+    model had: equal in the first window after a reset, and apart where the carried read knows
+    more. A gap that stays or widens past one window's span shows the model using context longer
+    than it was trained on in one piece.
 
     Returns:
         `edges` (bin starts in characters since the reset), `carried` and `cold` bits per character
@@ -225,14 +228,14 @@ def context_curve(model: keras.Model, stream: np.ndarray, spelled: np.ndarray, w
     """
     scorer = with_carried_state(model, streams)
     prefix = np.concatenate([[0], np.cumsum(spelled)])  # characters of stream[:k]
-    curve: dict[str, list] = {"edges": list(CONTEXT_EDGES)}
-    for name, carry in (("carried", True), ("cold", False)):
-        nats, read = streaming_nats(scorer, stream, window, carry=carry)
-        index = np.arange(len(nats))
-        since_reset = prefix[index + 1] - prefix[index - read]  # inputs index - read .. index
-        bins = np.searchsorted(CONTEXT_EDGES, since_reset, side="right") - 1
-        chars = np.bincount(bins, weights=spelled[1:], minlength=len(CONTEXT_EDGES))
+    carried, read = streaming_nats(scorer, stream, window)
+    cold, _ = streaming_nats(scorer, stream, window, carry=False)
+    index = np.arange(len(carried))
+    since_reset = prefix[index + 1] - prefix[index - read]  # inputs index - read .. index
+    bins = np.searchsorted(CONTEXT_EDGES, since_reset, side="right") - 1
+    chars = np.bincount(bins, weights=spelled[1:], minlength=len(CONTEXT_EDGES))
+    curve: dict[str, list] = {"edges": list(CONTEXT_EDGES), "characters": [int(c) for c in chars]}
+    for name, nats in (("carried", carried), ("cold", cold)):
         bits = np.bincount(bins, weights=nats, minlength=len(CONTEXT_EDGES)) / math.log(2)
         curve[name] = [float(b / c) if c else None for b, c in zip(bits, chars, strict=True)]
-        curve[f"{name}_characters"] = [int(c) for c in chars]
     return curve
