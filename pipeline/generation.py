@@ -155,7 +155,6 @@ class LanguageModelServer(tf.Module):
         return {"bits_per_char": tf.math.divide_no_nan(nats / tf.math.log(2.0), characters)}
 
 
-
 def build_lm_server(model: keras.Model, tokenizer_model: bytes):
     """The export module and its signatures, for `export.run`."""
     server = LanguageModelServer(model, tokenizer_model)
