@@ -152,6 +152,9 @@ class TrainConfig:
     # Polyak averaging: with 0 < m < 1, validation, early stopping and the saved model use an
     # exponential moving average of the weights, updated after every step with this momentum.
     ema_momentum: float = 0.0
+    # Decoupled weight decay (AdamW): every step each weight shrinks by learning_rate * weight_decay
+    # of itself, apart from its gradient step; 0 = off.
+    weight_decay: float = 0.0
     mixed_precision: Literal["auto", "on", "off"] = "auto"
     deterministic: bool = False
     # Data-parallel training (see pipeline.distribute); batch_size stays the global batch.
@@ -415,6 +418,8 @@ def _check_values(config: Config) -> None:
     if config.train.warmup_steps and config.train.lr_schedule == "constant":
         raise ConfigError("config key train.warmup_steps needs a schedule to warm up into; "
                           "set train.lr_schedule=cosine")
+    if config.train.weight_decay < 0:
+        raise ConfigError(f"config key train.weight_decay must be 0 or more; got {config.train.weight_decay}")
     if config.train.learning_rate <= 0:
         raise ConfigError(f"config key train.learning_rate must be positive; got {config.train.learning_rate}")
     if config.train.worker_timeout <= 0:

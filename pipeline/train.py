@@ -136,7 +136,8 @@ def _compiled_model(config: Config, strategy: tf.distribute.Strategy, vocab_size
             model = stateful.with_carried_state(model, config.train.batch_size)
         model = models.training_model(model)
         model.compile(
-            optimizer=keras.optimizers.Adam(learning_rate(config, steps_per_epoch), clipnorm=1.0, **_averaging(config)),
+            optimizer=keras.optimizers.Adam(learning_rate(config, steps_per_epoch), clipnorm=1.0,
+                                            weight_decay=config.train.weight_decay or None, **_averaging(config)),
             loss=training_loss(config),
             metrics=[models.EnsembleAccuracy(name="accuracy") if _members(config) else "accuracy"],
         )

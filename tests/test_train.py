@@ -5,6 +5,7 @@ import keras
 import mlflow
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from pipeline import checkpoints, models, prepare, tokenize, tracking, train
 from pipeline.config import load_config
@@ -103,3 +104,17 @@ def test_weight_averaging_validates_the_average_and_checkpoints_the_trained_weig
     for a, b in zip(seen["epoch_end"], seen["after"], strict=True):
         np.testing.assert_array_equal(a, b)
 
+
+
+@pytest.mark.parametrize("decay", [0.0, 0.5])
+def test_weight_decay_shrinks_every_weight_by_rate_times_decay_a_step(decay):
+    # Token 7 is in no batch: its embedding row has no gradient, so Adam leaves it alone and only the
+    # decay moves it, by learning_rate * weight_decay of itself.
+    config = load_config(None, ["train.learning_rate=0.01", f"train.weight_decay={decay}", "model.units=4",
+                                "model.embedding_dim=4", "model.layers=1"])
+    keras.utils.set_random_seed(0)
+    model = train._compiled_model(config, tf.distribute.get_strategy(), 10, 2, None, None, steps_per_epoch=5)
+    embedding = next(w for w in model.weights if "embedding" in w.path)
+    before = np.array(embedding.numpy()[7])
+    model.train_on_batch(np.array([[2, 3, 4, 0], [2, 5, 6, 0]], "int32"), np.array([0, 1]))
+    np.testing.assert_allclose(embedding.numpy()[7], before * (1 - 0.01 * decay), rtol=1e-6)
