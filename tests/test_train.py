@@ -105,7 +105,6 @@ def test_weight_averaging_validates_the_average_and_checkpoints_the_trained_weig
         np.testing.assert_array_equal(a, b)
 
 
-
 @pytest.mark.parametrize("decay", [0.0, 0.5])
 def test_weight_decay_shrinks_every_weight_by_rate_times_decay_a_step(decay):
     # Token 7 is in no batch: its embedding row has no gradient, so Adam leaves it alone and only the
