@@ -413,13 +413,13 @@ def _check_values(config: Config) -> None:
     for key, value in fractions.items():
         if not 0.0 <= value < 1.0:
             raise ConfigError(f"config key {key} must be in [0, 1); got {value}")
-    if config.train.warmup_steps < 0:
-        raise ConfigError(f"config key train.warmup_steps must be 0 or more; got {config.train.warmup_steps}")
+    non_negative = {"train.warmup_steps": config.train.warmup_steps, "train.weight_decay": config.train.weight_decay}
+    for key, value in non_negative.items():
+        if value < 0:
+            raise ConfigError(f"config key {key} must be 0 or more; got {value}")
     if config.train.warmup_steps and config.train.lr_schedule == "constant":
         raise ConfigError("config key train.warmup_steps needs a schedule to warm up into; "
                           "set train.lr_schedule=cosine")
-    if config.train.weight_decay < 0:
-        raise ConfigError(f"config key train.weight_decay must be 0 or more; got {config.train.weight_decay}")
     if config.train.learning_rate <= 0:
         raise ConfigError(f"config key train.learning_rate must be positive; got {config.train.learning_rate}")
     if config.train.worker_timeout <= 0:

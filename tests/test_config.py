@@ -48,6 +48,7 @@ def test_unknown_key_in_yaml_file(tmp_path):
     ("model.dropout=1.5", r"model\.dropout must be in \[0, 1\)"),
     ("model.ensemble=0", r"model\.ensemble must be at least 1; got 0"),
     ("train.weight_decay=-0.1", r"train\.weight_decay must be 0 or more; got -0.1"),
+    ("train.warmup_steps=-1", r"train\.warmup_steps must be 0 or more; got -1"),
     ("train=3", r"train is a section"),
 ])
 def test_wrong_values_name_the_key(item, pattern):
