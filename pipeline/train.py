@@ -119,7 +119,9 @@ def run(config: Config, workdir: str | Path) -> TrainResult:
         summary = {**asdict(result), "model_path": "model.keras", "padding_fraction": extra.get("padding_fraction")}
         (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     store.remove()
-    log.info("trained %d epochs; best epoch %d: %s", result.epochs_run, result.best_epoch, result.best_metrics)
+    # Counted from 1, as Keras's "Epoch 1/3" lines are; MLflow's steps and history.csv count from 0.
+    log.info("trained %d epochs; kept epoch %d (MLflow step %d): %s", result.epochs_run, result.best_epoch + 1,
+             result.best_epoch, result.best_metrics)
     return result
 
 

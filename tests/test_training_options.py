@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 
 import keras
 import mlflow
@@ -172,7 +173,8 @@ def test_early_stopping_watches_the_monitor_in_its_direction():
         assert (stopper.monitor, stopper.mode, stopper.restore_best_weights) == (monitor, mode, True)
 
 
-def test_the_kept_epoch_is_the_monitors_best(sentiment_files, tmp_path):
+def test_the_kept_epoch_is_the_monitors_best(sentiment_files, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="pipeline.train")
     config = load_config(None, tiny_overrides(sentiment_files, tmp_path) + [
         "train.monitor=val_accuracy", "train.epochs=4", "train.patience=4"])
     work = tmp_path / "work"
@@ -182,6 +184,8 @@ def test_the_kept_epoch_is_the_monitors_best(sentiment_files, tmp_path):
     history = np.genfromtxt(stage_dir(config, work, "train") / "history.csv", delimiter=",", names=True)
     assert result.best_epoch == int(np.argmax(history["val_accuracy"]))
     assert result.best_metrics["val_accuracy"] == pytest.approx(history["val_accuracy"].max())
+    # The log counts epochs from 1, as Keras's progress lines do.
+    assert f"kept epoch {result.best_epoch + 1} (MLflow step {result.best_epoch})" in caplog.text
 
 
 def test_without_a_test_split_evaluate_scores_validation_under_val_names(sentiment_files, tmp_path, caplog):
