@@ -155,6 +155,9 @@ class TrainConfig:
     # Decoupled weight decay (AdamW): every step each weight shrinks by learning_rate * weight_decay
     # of itself, apart from its gradient step; 0 = off.
     weight_decay: float = 0.0
+    # Sentiment: the training target puts 1 - s on the label and s spread evenly over the classes
+    # (so is val_loss); 0 = off. Accuracy and the test figures are unaffected.
+    label_smoothing: float = 0.0
     mixed_precision: Literal["auto", "on", "off"] = "auto"
     deterministic: bool = False
     # Data-parallel training (see pipeline.distribute); batch_size stays the global batch.
@@ -409,6 +412,7 @@ def _check_values(config: Config) -> None:
         "model.embedding_dropout": config.model.embedding_dropout,
         "model.recurrent_dropout": config.model.recurrent_dropout,
         "train.ema_momentum": config.train.ema_momentum,
+        "train.label_smoothing": config.train.label_smoothing,
     }
     for key, value in fractions.items():
         if not 0.0 <= value < 1.0:
@@ -452,6 +456,9 @@ def _check_values(config: Config) -> None:
     if config.task == "lm" and config.model.ensemble != 1:
         raise ConfigError(f"config key model.ensemble applies to task sentiment only; got "
                           f"{config.model.ensemble} for task lm; set model.ensemble=1")
+    if config.task == "lm" and config.train.label_smoothing:
+        raise ConfigError("config key train.label_smoothing applies to task sentiment only: a language model's "
+                          "bits per character and perplexity are read from its loss; set train.label_smoothing=0")
 
 
 def _check_ignored_keys(config: Config, layers: dict[str, int]) -> None:

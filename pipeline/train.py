@@ -154,10 +154,12 @@ def _compiled_model(config: Config, strategy: tf.distribute.Strategy, vocab_size
 
 def training_loss(config: Config, reduction: str | None = "sum_over_batch_size") -> keras.losses.Loss:
     """The loss the model trains on: cross-entropy of the next token (logits) or of the label
-    (probabilities), an ensemble's being each member's own (`models.MemberCrossentropy`)."""
-    if _members(config):
-        return models.MemberCrossentropy(reduction=reduction)
-    return keras.losses.SparseCategoricalCrossentropy(from_logits=config.task == "lm", reduction=reduction)
+    (probabilities, smoothed by `train.label_smoothing`), an ensemble's being each member's own
+    (`models.MemberCrossentropy`)."""
+    if config.task == "lm":
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=reduction)
+    loss = models.MemberCrossentropy if _members(config) else models.LabelCrossentropy
+    return loss(config.train.label_smoothing, reduction=reduction)
 
 
 def _members(config: Config) -> bool:

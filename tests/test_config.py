@@ -49,6 +49,7 @@ def test_unknown_key_in_yaml_file(tmp_path):
     ("model.ensemble=0", r"model\.ensemble must be at least 1; got 0"),
     ("train.weight_decay=-0.1", r"train\.weight_decay must be 0 or more; got -0.1"),
     ("train.warmup_steps=-1", r"train\.warmup_steps must be 0 or more; got -1"),
+    ("train.label_smoothing=1", r"train\.label_smoothing must be in \[0, 1\); got 1"),
     ("train=3", r"train is a section"),
 ])
 def test_wrong_values_name_the_key(item, pattern):
@@ -82,6 +83,11 @@ def test_language_model_cannot_be_bidirectional():
 def test_ensemble_is_for_sentiment_only():
     with pytest.raises(ConfigError, match="model.ensemble applies to task sentiment only; got 2 for task lm"):
         load_config(None, ["task=lm", "model.bidirectional=false", "model.ensemble=2"])
+
+
+def test_label_smoothing_is_for_sentiment_only():
+    with pytest.raises(ConfigError, match="train.label_smoothing applies to task sentiment only"):
+        load_config(None, ["task=lm", "model.bidirectional=false", "train.label_smoothing=0.1"])
 
 
 def test_missing_config_file_is_a_config_error(tmp_path):
