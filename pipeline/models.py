@@ -117,9 +117,6 @@ def label_crossentropy(labels, probabilities, label_smoothing: float = 0.0):
 
     With label smoothing `s` the target is 1 - s on the label plus s spread evenly over the classes
     (Keras's `categorical_crossentropy` does the smoothing); `labels` broadcast against the rows."""
-    if not label_smoothing:
-        labels = keras.ops.broadcast_to(labels, keras.ops.shape(probabilities)[:-1])
-        return keras.losses.sparse_categorical_crossentropy(labels, probabilities)
     target = keras.ops.one_hot(labels, keras.ops.shape(probabilities)[-1], dtype=probabilities.dtype)
     target = keras.ops.broadcast_to(target, keras.ops.shape(probabilities))
     return keras.losses.categorical_crossentropy(target, probabilities, label_smoothing=label_smoothing)
