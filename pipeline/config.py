@@ -21,6 +21,12 @@ import yaml
 from pipeline import synthetic
 from pipeline.errors import ConfigError
 
+# Also raised by the train stage when `train.distribute=auto` chooses a cluster.
+MULTI_WORKER_SAMPLING = (
+    "config key train.subword_sampling cannot be used with several workers: SentencePiece's sampling "
+    "cannot be seeded alike in every process, so each worker would train on other segmentations; "
+    "set train.distribute=none or mirrored (one process), or train.subword_sampling=0"
+)
 
 class _YAML12Loader(yaml.SafeLoader):
     """YAML's safe loader with YAML 1.2 booleans: only true/false, so `on`, `off`, `yes` and
@@ -158,6 +164,11 @@ class TrainConfig:
     # Sentiment: the training target puts 1 - s on the label and s spread evenly over the classes
     # (so is val_loss); 0 = off. Accuracy and the test figures are unaffected.
     label_smoothing: float = 0.0
+    # Sentiment, BPE or unigram pieces: every epoch reads the training texts in a segmentation
+    # SentencePiece samples afresh (subword regularisation) with this alpha: for BPE the chance
+    # that each merge is skipped (BPE-dropout), for unigram the smoothing of the distribution it
+    # samples from. Validation, test and the exported model keep the one best segmentation. 0 = off.
+    subword_sampling: float = 0.0
     mixed_precision: Literal["auto", "on", "off"] = "auto"
     deterministic: bool = False
     # Data-parallel training (see pipeline.distribute); batch_size stays the global batch.
@@ -456,6 +467,18 @@ def _check_values(config: Config) -> None:
     if config.task == "lm" and config.model.ensemble != 1:
         raise ConfigError(f"config key model.ensemble applies to task sentiment only; got "
                           f"{config.model.ensemble} for task lm; set model.ensemble=1")
+    sampling = config.train.subword_sampling
+    if not 0.0 <= sampling <= 1.0:
+        raise ConfigError(f"config key train.subword_sampling must be in [0, 1]; got {sampling}")
+    if sampling and config.task == "lm":
+        raise ConfigError("config key train.subword_sampling applies to task sentiment only: a language model "
+                          "reads one token stream; set train.subword_sampling=0")
+    if sampling and config.tokenizer.model_type not in ("bpe", "unigram"):
+        raise ConfigError(f"config key train.subword_sampling needs tokenizer.model_type bpe or unigram: a "
+                          f"{config.tokenizer.model_type} model has one segmentation of each text; set "
+                          "tokenizer.model_type=bpe or train.subword_sampling=0")
+    if sampling and config.train.distribute == "multi_worker":
+        raise ConfigError(MULTI_WORKER_SAMPLING)
     if config.task == "lm" and config.train.label_smoothing:
         raise ConfigError("config key train.label_smoothing applies to task sentiment only: a language model's "
                           "bits per character and perplexity are read from its loss; set train.label_smoothing=0")

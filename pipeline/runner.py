@@ -51,7 +51,7 @@ def run_stage(stage: str, config: Config, workdir: str | Path, force: bool = Fal
         if resumed is None and not force:
             for line in train.abandoned_runs(config, workdir):
                 log.warning(line)
-        if resumed and force:
+        if force:  # checkpoints, and the segmentations a training killed in its first epoch drew
             train.discard_checkpoints(config, workdir)
         elif resumed and _same_parent(resumed.run) and tracking.run_exists(resumed.run.get("run_id", "")):
             resume_id = resumed.run["run_id"]

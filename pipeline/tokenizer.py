@@ -106,9 +106,17 @@ def save(model: bytes, directory: Path) -> tuple[Path, Path]:
     return model_path, vocab_path
 
 
-def encode(sp: spm.SentencePieceProcessor, texts: list[str], max_length: int | None = None) -> list[list[int]]:
-    """Ids of each text, BOS first, cut to `max_length` tokens when given."""
-    ids = sp.encode(texts, add_bos=True, num_threads=2)
+def encode(sp: spm.SentencePieceProcessor, texts: list[str], max_length: int | None = None,
+           sampling: float = 0.0) -> list[list[int]]:
+    """Ids of each text, BOS first, cut to `max_length` tokens when given.
+
+    With `sampling` > 0 each text gets a segmentation drawn at random (SentencePiece's
+    `enable_sampling` with `alpha=sampling`, over all segmentations) instead of the best one.
+    SentencePiece's random generator cannot be seeded reproducibly across processes: keep what
+    was drawn if it must be read again.
+    """
+    ids = sp.encode(texts, add_bos=True, num_threads=2, enable_sampling=sampling > 0, alpha=sampling,
+                    nbest_size=-1)
     if max_length is not None:
         ids = [seq[:max_length] for seq in ids]
     return ids

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextvars
 import csv
+import functools
 import json
 import logging
 import math
@@ -39,7 +40,8 @@ import tensorflow as tf
 from pipeline import cache, checkpoints, data, distribute, embeddings, models, signals, stateful, tracking
 from pipeline import config as config_lib
 from pipeline.config import Config, monitor_mode
-from pipeline.errors import TrainingError
+from pipeline.errors import ConfigError, TrainingError
+from pipeline.prepare import read_examples
 from pipeline.tokenize import load_split
 from pipeline.workdir import is_finished, require_stage, stage_dir, stage_output
 
@@ -72,6 +74,8 @@ def run(config: Config, workdir: str | Path) -> TrainResult:
     strategy = distribute.strategy_for(config)
     chief = distribute.is_chief(strategy)
     _check_stateful(config, strategy)
+    if config.train.subword_sampling and distribute.mode(config) == "multi_worker":
+        raise ConfigError(config_lib.MULTI_WORKER_SAMPLING)
     setup_runtime(config)
     store = checkpoints.Store(partial_dir(config, workdir))
     resumed = distribute.resume_point(strategy, store.latest() if chief else None, tokenized)
@@ -79,7 +83,8 @@ def run(config: Config, workdir: str | Path) -> TrainResult:
     # A checkpoint taken as early stopping fired has no epochs left; fit then only restores the best weights.
     last_epoch = first_epoch if resumed and resumed.stopped_early else config.train.epochs
     vocab_size = json.loads((tokenized / "stats.json").read_text())["vocab_size"]
-    train_ds, val_ds, extra = datasets(config, tokenized, prepared, first_epoch)
+    sampled = sampled_segmentations(config, tokenized, prepared, store.root) if config.train.subword_sampling else None
+    train_ds, val_ds, extra = datasets(config, tokenized, prepared, first_epoch, sampled)
     model = _compiled_model(config, strategy, vocab_size, len(extra.get("labels", [])), resumed, tokenized,
                             extra["steps_per_epoch"])
     kernel = _report_kernels(model)
@@ -87,6 +92,8 @@ def run(config: Config, workdir: str | Path) -> TrainResult:
     tracking.set_tags(distribute.describe(config, model.distribute_strategy))
     if not resumed and "padding_fraction" in extra:
         tracking.log_metrics({"padding_fraction": extra["padding_fraction"]})
+    if not resumed and sampled:
+        tracking.log_metrics({"sampled_token_ratio": extra["sampled_token_ratio"]})
 
     early_stopping = _early_stopping(config, resumed)
     if resumed:
@@ -297,8 +304,13 @@ def setup_runtime(config: Config) -> None:
     keras.mixed_precision.set_global_policy("mixed_float16" if use_mixed else "float32")
 
 
-def datasets(config: Config, tokenized: Path, prepared: Path, first_epoch: int):
-    """Training batches for epochs `first_epoch` onwards, validation batches, and what else train needs."""
+def datasets(config: Config, tokenized: Path, prepared: Path, first_epoch: int,
+             sampled: list[dict[str, np.ndarray]] | None = None):
+    """Training batches for epochs `first_epoch` onwards, validation batches, and what else train needs.
+
+    `sampled`, from `sampled_segmentations`, holds each epoch's `ids` and `lengths` of the training
+    split; without it every epoch reads the tokenize stage's best segmentation.
+    """
     t = config.train
     epochs = range(first_epoch, t.epochs)
     train, val = load_split(tokenized, "train"), load_split(tokenized, "validation")
@@ -317,14 +329,59 @@ def datasets(config: Config, tokenized: Path, prepared: Path, first_epoch: int):
         return train_ds, data.lm_dataset(val["ids"], t.sequence_length, t.batch_size, shuffle=False), extra
     boundaries = data.bucket_boundaries(train["lengths"], t.buckets)
     labels = json.loads((prepared / "labels.json").read_text(encoding="utf-8"))
-    train_ds = data.classification_dataset(train, t.batch_size, boundaries=boundaries, shuffle=True, seed=t.seed,
-                                           epochs=epochs)
+    if sampled:
+        # Buckets by each epoch's own lengths, between the bounds of the best segmentation's.
+        train_ds = functools.reduce(tf.data.Dataset.concatenate, [
+            data.classification_dataset({**train, **sampled[epoch]}, t.batch_size, boundaries=boundaries,
+                                        shuffle=True, seed=t.seed, epochs=range(epoch, epoch + 1))
+            for epoch in epochs])
+    else:
+        train_ds = data.classification_dataset(train, t.batch_size, boundaries=boundaries, shuffle=True,
+                                               seed=t.seed, epochs=epochs)
     val_ds = data.classification_dataset(val, t.batch_size, boundaries=boundaries, shuffle=False)
     one_epoch = data.classification_dataset(train, t.batch_size, boundaries=boundaries, shuffle=True, seed=t.seed)
     extra = {"labels": labels, "boundaries": boundaries, "padding_fraction": data.padding_fraction(one_epoch),
              "steps_per_epoch": data.batch_count(len(train["lengths"]), t.batch_size)}
     log.info("length buckets %s; %.1f%% of train positions are padding", boundaries, 100 * extra["padding_fraction"])
+    if sampled:
+        extra["sampled_token_ratio"] = float(np.mean([s["lengths"].sum() for s in sampled]) / train["lengths"].sum())
+        log.info("subword sampling (alpha %g): each epoch's segmentation holds %.2fx the tokens of the best one",
+                 t.subword_sampling, extra["sampled_token_ratio"])
     return train_ds, val_ds, extra
+
+
+SEGMENTATIONS = "segmentations.npz"
+
+
+def sampled_segmentations(config: Config, tokenized: Path, prepared: Path,
+                          partial: Path) -> list[dict[str, np.ndarray]]:
+    """The training split's `ids` and `lengths` in a segmentation sampled for each epoch
+    (`train.subword_sampling`), BOS first and cut to `train.max_length` as the tokenize stage cuts.
+
+    SentencePiece's sampling cannot be seeded alike in two processes, so the segmentations of all
+    epochs are drawn once, when the training starts, and kept in its `partial` folder beside the
+    checkpoints: a training resumed after a kill reads them back and ends as the uninterrupted one
+    would have. Two separate trainings draw different ones, even with `train.deterministic`.
+    """
+    from pipeline import tokenizer
+
+    t = config.train
+    path = partial / SEGMENTATIONS
+    if path.is_file():
+        with np.load(path) as saved:
+            return [{"ids": saved[f"ids_{e}"], "lengths": saved[f"lengths_{e}"]} for e in range(t.epochs)]
+    texts, _ = read_examples(prepared / "train.jsonl")
+    sp = tokenizer.load(tokenized / "tokenizer.model")
+    epochs = []
+    for _ in range(t.epochs):
+        ids, lengths = tokenizer.pack(tokenizer.encode(sp, texts, t.max_length, sampling=t.subword_sampling))
+        epochs.append({"ids": ids, "lengths": lengths})
+    partial.mkdir(parents=True, exist_ok=True)
+    tmp = partial / f".{SEGMENTATIONS}.tmp"
+    with tmp.open("wb") as out:  # a file object: np.savez would add .npz to a name
+        np.savez(out, **{f"{key}_{e}": arrays[key] for e, arrays in enumerate(epochs) for key in arrays})
+    tmp.rename(path)
+    return epochs
 
 
 def _averaging(config: Config) -> dict:

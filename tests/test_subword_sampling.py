@@ -1,0 +1,158 @@
+"""Subword regularisation (`train.subword_sampling`): a segmentation sampled for every epoch,
+kept with the checkpoints so that a training killed and resumed ends as an uninterrupted one."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+from collections import Counter
+
+import mlflow
+import numpy as np
+import pytest
+
+from pipeline import prepare, runner, tokenize, tokenizer, tracking, train
+from pipeline.config import load_config
+from pipeline.errors import ConfigError
+from pipeline.workdir import stage_dir
+
+from .conftest import tiny_overrides, write_label_text
+from .test_resume import _command, _start_and_stop_after_epoch_one, _weights
+
+# Long enough that no text is cut, so every sampled segmentation spells its whole text.
+SAMPLING = ["tokenizer.model_type=bpe", "tokenizer.vocab_size=80", "train.subword_sampling=0.3",
+            "train.max_length=200"]
+
+
+@pytest.fixture
+def slow_epochs(tmp_path) -> list[str]:
+    """A 3-epoch deterministic run whose epochs last about a second each (as in test_resume)."""
+    files = {"train": write_label_text(tmp_path / "train.txt", 1600, seed=1),
+             "validation": write_label_text(tmp_path / "dev.txt", 40, seed=2)}
+    return [*tiny_overrides(files, tmp_path), "train.epochs=3", "train.patience=5", "train.deterministic=true"]
+
+
+def _prepared(config, work):
+    prepare.run(config, work)
+    tokenize.run(config, work)
+    return stage_dir(config, work, "tokenize"), stage_dir(config, work, "prepare")
+
+
+def _rows(arrays) -> list[tuple[int, ...]]:
+    ends = np.cumsum(arrays["lengths"])
+    return [tuple(arrays["ids"][end - length:end]) for end, length in zip(ends, arrays["lengths"], strict=True)]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.subword_sampling=1.5", "train.subword_sampling must be in [0, 1]; got 1.5"),
+    ("tokenizer.model_type=word", "needs tokenizer.model_type bpe or unigram: a word model has one segmentation"),
+    ("train.distribute=multi_worker", "cannot be used with several workers"),
+])
+def test_settings_sampling_cannot_serve_are_refused(sentiment_files, tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_config(None, [*tiny_overrides(sentiment_files, tmp_path), "train.subword_sampling=0.1", override])
+
+
+def test_a_language_model_refuses_sampling(tmp_path):
+    with pytest.raises(ConfigError, match="train.subword_sampling applies to task sentiment only"):
+        load_config(None, ["task=lm", "model.bidirectional=false", f"data.train={tmp_path / 'a.txt'}",
+                           "data.tfds=null", "train.subword_sampling=0.1"])
+
+
+def test_each_epoch_reads_a_sampled_segmentation_of_the_same_texts(sentiment_files, tmp_path):
+    config = load_config(None, [*tiny_overrides(sentiment_files, tmp_path), *SAMPLING, "train.epochs=3"])
+    tokenized, prepared = _prepared(config, tmp_path / "work")
+    partial = train.partial_dir(config, tmp_path / "work")
+    sampled = train.sampled_segmentations(config, tokenized, prepared, partial)
+    best = tokenize.load_split(tokenized, "train")
+    sp = tokenizer.load(tokenized / "tokenizer.model")
+    texts = [sp.decode(row[1:]) for row in _rows(best)]
+    epochs = [_rows(arrays) for arrays in sampled]
+    assert len(epochs) == 3
+    for rows in epochs:
+        assert all(row[0] == tokenizer.BOS_ID and len(row) <= config.train.max_length for row in rows)
+        assert [sp.decode(row[1:]) for row in rows] == texts
+        assert sum(map(len, rows)) > best["lengths"].sum(), "dropped merges give more, shorter pieces"
+    assert epochs[0] != epochs[1] != epochs[2]
+
+    # Drawn once: a resumed training reads the same segmentations back from the partial folder.
+    assert (partial / train.SEGMENTATIONS).is_file()
+    again = train.sampled_segmentations(config, tokenized, prepared, partial)
+    for a, b in zip(sampled, again, strict=True):
+        np.testing.assert_array_equal(a["ids"], b["ids"])
+        np.testing.assert_array_equal(a["lengths"], b["lengths"])
+
+
+def test_the_batches_of_an_epoch_are_that_epochs_segmentation_with_the_labels(sentiment_files, tmp_path):
+    config = load_config(None, [*tiny_overrides(sentiment_files, tmp_path), *SAMPLING, "train.epochs=2"])
+    tokenized, prepared = _prepared(config, tmp_path / "work")
+    sampled = train.sampled_segmentations(config, tokenized, prepared, train.partial_dir(config, tmp_path / "work"))
+    labels = tokenize.load_split(tokenized, "train")["labels"]
+    train_ds, _, extra = train.datasets(config, tokenized, prepared, 0, sampled)
+    batches = list(train_ds.as_numpy_iterator())
+    per_epoch = extra["steps_per_epoch"]
+    assert len(batches) == 2 * per_epoch
+    for epoch in range(2):
+        seen = Counter((tuple(int(t) for t in row if t), int(label))
+                       for ids, batch_labels in batches[epoch * per_epoch:(epoch + 1) * per_epoch]
+                       for row, label in zip(ids, batch_labels, strict=True))
+        assert seen == Counter(zip(_rows(sampled[epoch]), labels.tolist(), strict=True))
+    assert extra["sampled_token_ratio"] > 1
+
+    # A training resumed at epoch 1 gets epoch 1's segmentation.
+    resumed, _, _ = train.datasets(config, tokenized, prepared, 1, sampled)
+    for a, b in zip(resumed.as_numpy_iterator(), batches[per_epoch:], strict=True):
+        np.testing.assert_array_equal(a[0], b[0])
+
+
+def test_training_logs_the_token_ratio_and_leaves_no_segmentations_behind(sentiment_files, tmp_path):
+    config = load_config(None, [*tiny_overrides(sentiment_files, tmp_path), *SAMPLING])
+    work = tmp_path / "work"
+    _prepared(config, work)
+    mlflow.set_experiment("sampling")
+    with tracking.start_run("train"):
+        train.run(config, work)
+        run_id = tracking.run_id()
+    assert mlflow.get_run(run_id).data.metrics["sampled_token_ratio"] > 1
+    assert not train.partial_dir(config, work).exists()
+
+
+def test_kill_9_then_resume_ends_as_an_uninterrupted_run_on_the_same_segmentations(slow_epochs, tmp_path):
+    overrides = [*slow_epochs, *SAMPLING]
+    config = load_config(None, overrides)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    partial = train.partial_dir(config, tmp_path / "work")
+    killed = _start_and_stop_after_epoch_one(_command(overrides, tmp_path / "work", uri), partial, signal.SIGKILL)
+    assert killed.returncode == -signal.SIGKILL
+    # The same training, never interrupted, on the segmentations the killed one drew.
+    straight = train.partial_dir(config, tmp_path / "straight")
+    straight.mkdir(parents=True)
+    shutil.copy(partial / train.SEGMENTATIONS, straight / train.SEGMENTATIONS)
+
+    resumed = subprocess.run(_command(overrides, tmp_path / "work", uri), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0 and "resuming training after epoch" in resumed.stderr, resumed.stderr[-3000:]
+    other = subprocess.run(_command(overrides, tmp_path / "straight", f"sqlite:///{tmp_path / 'other.db'}"),
+                           capture_output=True, text=True, timeout=600)
+    assert other.returncode == 0, other.stderr[-3000:]
+    for a, b in zip(_weights(config, tmp_path / "work"), _weights(config, tmp_path / "straight"), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_forced_training_draws_its_segmentations_afresh(sentiment_files, tmp_path):
+    config = load_config(None, [*tiny_overrides(sentiment_files, tmp_path), *SAMPLING])
+    work = tmp_path / "work"
+    tokenized, prepared = _prepared(config, work)
+    # Left by a training killed in its first epoch: segmentations, no checkpoint. Each row BOS alone.
+    partial = train.partial_dir(config, work)
+    partial.mkdir(parents=True)
+    count = len(tokenize.load_split(tokenized, "train")["lengths"])
+    np.savez(partial / train.SEGMENTATIONS, **{f"{key}_{e}": np.full(count, value, np.int32)
+                                                for e in range(config.train.epochs)
+                                                for key, value in (("ids", tokenizer.BOS_ID), ("lengths", 1))})
+    mlflow.set_experiment("sampling")
+    with tracking.start_run("forced"):
+        runner.run_stage("train", config, work, force=True)
+        run_id = next(r.info.run_id for r in mlflow.search_runs(output_format="list")
+                      if r.data.tags.get("mlflow.parentRunId") == tracking.run_id())
+    assert mlflow.get_run(run_id).data.metrics["sampled_token_ratio"] > 1
