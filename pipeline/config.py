@@ -21,12 +21,6 @@ import yaml
 from pipeline import synthetic
 from pipeline.errors import ConfigError
 
-# Also raised by the train stage when `train.distribute=auto` chooses a cluster.
-MULTI_WORKER_SAMPLING = (
-    "config key train.subword_sampling cannot be used with several workers: SentencePiece's sampling "
-    "cannot be seeded alike in every process, so each worker would train on other segmentations; "
-    "set train.distribute=none or mirrored (one process), or train.subword_sampling=0"
-)
 
 class _YAML12Loader(yaml.SafeLoader):
     """YAML's safe loader with YAML 1.2 booleans: only true/false, so `on`, `off`, `yes` and
@@ -473,12 +467,6 @@ def _check_values(config: Config) -> None:
     if sampling and config.task == "lm":
         raise ConfigError("config key train.subword_sampling applies to task sentiment only: a language model "
                           "reads one token stream; set train.subword_sampling=0")
-    if sampling and config.tokenizer.model_type not in ("bpe", "unigram"):
-        raise ConfigError(f"config key train.subword_sampling needs tokenizer.model_type bpe or unigram: a "
-                          f"{config.tokenizer.model_type} model has one segmentation of each text; set "
-                          "tokenizer.model_type=bpe or train.subword_sampling=0")
-    if sampling and config.train.distribute == "multi_worker":
-        raise ConfigError(MULTI_WORKER_SAMPLING)
     if config.task == "lm" and config.train.label_smoothing:
         raise ConfigError("config key train.label_smoothing applies to task sentiment only: a language model's "
                           "bits per character and perplexity are read from its loss; set train.label_smoothing=0")
@@ -509,12 +497,30 @@ def _check_ignored_keys(config: Config, layers: dict[str, int]) -> None:
     rules += [(key, "data.synthetic", "null" if data.synthetic is None else None,
                "it applies to synthetic data only; set data.synthetic=first_token or drop it")
               for key in ("data.synthetic_length", "data.synthetic_examples")]
+    pieces = config.tokenizer.model_type
+    rules.append(("train.subword_sampling", "tokenizer.model_type", pieces if pieces in ("word", "char") else None,
+                  "a word or char model has one segmentation of each text; set tokenizer.model_type=bpe"))
     mode = config.train.distribute
+    rules.append(("train.subword_sampling", "train.distribute", mode if mode == "multi_worker" else None,
+                  SEVERAL_WORKERS))
     rules.append(("train.devices", "train.distribute", None if mode == "mirrored" else mode,
                   "devices are for mirrored; set train.distribute=mirrored or drop train.devices"))
     for key, by, value, fix in rules:
         if key in layers and value is not None and layers[key] > layers.get(by, -1):
             raise ConfigError(f"config key {key} has no effect because {by} is {value}: {fix}")
+
+
+SEVERAL_WORKERS = ("SentencePiece's sampling cannot be seeded alike in every process, so several workers train "
+                   "on the best segmentation; set train.distribute=none or mirrored (one process)")
+
+
+def subword_sampling(config: Config, workers: int = 1) -> float:
+    """`train.subword_sampling` where it applies, else 0: a classifier on BPE or unigram pieces, in one
+    process (`workers`). A preset's sampling gives way to a later `tokenizer.model_type=word` or
+    a cluster, as `_check_ignored_keys` lets it."""
+    if config.tokenizer.model_type not in ("bpe", "unigram") or workers > 1:
+        return 0.0
+    return config.train.subword_sampling
 
 
 def monitor_mode(train: TrainConfig) -> str:

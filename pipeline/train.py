@@ -40,7 +40,7 @@ import tensorflow as tf
 from pipeline import cache, checkpoints, data, distribute, embeddings, models, signals, stateful, tracking
 from pipeline import config as config_lib
 from pipeline.config import Config, monitor_mode
-from pipeline.errors import ConfigError, TrainingError
+from pipeline.errors import TrainingError
 from pipeline.prepare import read_examples
 from pipeline.tokenize import load_split
 from pipeline.workdir import is_finished, require_stage, stage_dir, stage_output
@@ -74,8 +74,9 @@ def run(config: Config, workdir: str | Path) -> TrainResult:
     strategy = distribute.strategy_for(config)
     chief = distribute.is_chief(strategy)
     _check_stateful(config, strategy)
-    if config.train.subword_sampling and distribute.mode(config) == "multi_worker":
-        raise ConfigError(config_lib.MULTI_WORKER_SAMPLING)
+    sampling = config_lib.subword_sampling(config, distribute.role(config).workers)
+    if config.train.subword_sampling and not sampling and config.tokenizer.model_type in ("bpe", "unigram"):
+        log.warning("train.subword_sampling is off: %s", config_lib.SEVERAL_WORKERS)
     setup_runtime(config)
     store = checkpoints.Store(partial_dir(config, workdir))
     resumed = distribute.resume_point(strategy, store.latest() if chief else None, tokenized)
@@ -83,7 +84,7 @@ def run(config: Config, workdir: str | Path) -> TrainResult:
     # A checkpoint taken as early stopping fired has no epochs left; fit then only restores the best weights.
     last_epoch = first_epoch if resumed and resumed.stopped_early else config.train.epochs
     vocab_size = json.loads((tokenized / "stats.json").read_text())["vocab_size"]
-    sampled = sampled_segmentations(config, tokenized, prepared, store.root) if config.train.subword_sampling else None
+    sampled = sampled_segmentations(config, tokenized, prepared, store.root, sampling) if sampling else None
     train_ds, val_ds, extra = datasets(config, tokenized, prepared, first_epoch, sampled)
     model = _compiled_model(config, strategy, vocab_size, len(extra.get("labels", [])), resumed, tokenized,
                             extra["steps_per_epoch"])
@@ -345,17 +346,17 @@ def datasets(config: Config, tokenized: Path, prepared: Path, first_epoch: int,
     log.info("length buckets %s; %.1f%% of train positions are padding", boundaries, 100 * extra["padding_fraction"])
     if sampled:
         extra["sampled_token_ratio"] = float(np.mean([s["lengths"].sum() for s in sampled]) / train["lengths"].sum())
-        log.info("subword sampling (alpha %g): each epoch's segmentation holds %.2fx the tokens of the best one",
-                 t.subword_sampling, extra["sampled_token_ratio"])
+        log.info("subword sampling: each epoch's segmentation holds %.2fx the tokens of the best one",
+                 extra["sampled_token_ratio"])
     return train_ds, val_ds, extra
 
 
 SEGMENTATIONS = "segmentations.npz"
 
 
-def sampled_segmentations(config: Config, tokenized: Path, prepared: Path,
-                          partial: Path) -> list[dict[str, np.ndarray]]:
-    """The training split's `ids` and `lengths` in a segmentation sampled for each epoch
+def sampled_segmentations(config: Config, tokenized: Path, prepared: Path, partial: Path,
+                          alpha: float) -> list[dict[str, np.ndarray]]:
+    """The training split's `ids` and `lengths` in a segmentation sampled with `alpha` for each epoch
     (`train.subword_sampling`), BOS first and cut to `train.max_length` as the tokenize stage cuts.
 
     SentencePiece's sampling cannot be seeded alike in two processes, so the segmentations of all
@@ -374,7 +375,7 @@ def sampled_segmentations(config: Config, tokenized: Path, prepared: Path,
     sp = tokenizer.load(tokenized / "tokenizer.model")
     epochs = []
     for _ in range(t.epochs):
-        ids, lengths = tokenizer.pack(tokenizer.encode(sp, texts, t.max_length, sampling=t.subword_sampling))
+        ids, lengths = tokenizer.pack(tokenizer.encode(sp, texts, t.max_length, sampling=alpha))
         epochs.append({"ids": ids, "lengths": lengths})
     partial.mkdir(parents=True, exist_ok=True)
     tmp = partial / f".{SEGMENTATIONS}.tmp"

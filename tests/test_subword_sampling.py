@@ -12,6 +12,7 @@ import mlflow
 import numpy as np
 import pytest
 
+from pipeline import config as config_lib
 from pipeline import prepare, runner, tokenize, tokenizer, tracking, train
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
@@ -44,14 +45,30 @@ def _rows(arrays) -> list[tuple[int, ...]]:
     return [tuple(arrays["ids"][end - length:end]) for end, length in zip(ends, arrays["lengths"], strict=True)]
 
 
-@pytest.mark.parametrize("override, message", [
-    ("train.subword_sampling=1.5", "train.subword_sampling must be in [0, 1]; got 1.5"),
-    ("tokenizer.model_type=word", "needs tokenizer.model_type bpe or unigram: a word model has one segmentation"),
-    ("train.distribute=multi_worker", "cannot be used with several workers"),
-])
-def test_settings_sampling_cannot_serve_are_refused(sentiment_files, tmp_path, override, message):
-    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        load_config(None, [*tiny_overrides(sentiment_files, tmp_path), "train.subword_sampling=0.1", override])
+def test_a_rate_outside_0_1_is_refused(sentiment_files, tmp_path):
+    with pytest.raises(ConfigError, match=r"train.subword_sampling must be in \[0, 1\]; got 1.5"):
+        load_config(None, [*tiny_overrides(sentiment_files, tmp_path), "train.subword_sampling=1.5"])
+
+
+@pytest.mark.parametrize("override, value", [("tokenizer.model_type=word", "word"),
+                                             ("train.distribute=multi_worker", "multi_worker")])
+def test_sampling_is_refused_after_a_key_that_rules_it_out_and_gives_way_before_one(
+        sentiment_files, tmp_path, override, value):
+    base = tiny_overrides(sentiment_files, tmp_path)
+    by = override.split("=")[0]
+    with pytest.raises(ConfigError, match=f"train.subword_sampling has no effect because {by} is {value}"):
+        load_config(None, [*base, override, "train.subword_sampling=0.1"])
+    # A preset's sampling and a later word model or cluster: the later key wins, and sampling is off.
+    config = load_config(None, [*base, "train.subword_sampling=0.1", override])
+    assert config_lib.subword_sampling(config, workers=2 if value == "multi_worker" else 1) == 0
+
+
+def test_sampling_applies_to_bpe_and_unigram_pieces_in_one_process(sentiment_files, tmp_path):
+    for pieces in ("bpe", "unigram"):
+        config = load_config(None, [*tiny_overrides(sentiment_files, tmp_path), f"tokenizer.model_type={pieces}",
+                                    "train.subword_sampling=0.1"])
+        assert config_lib.subword_sampling(config) == 0.1
+        assert config_lib.subword_sampling(config, workers=2) == 0
 
 
 def test_a_language_model_refuses_sampling(tmp_path):
@@ -64,7 +81,7 @@ def test_each_epoch_reads_a_sampled_segmentation_of_the_same_texts(sentiment_fil
     config = load_config(None, [*tiny_overrides(sentiment_files, tmp_path), *SAMPLING, "train.epochs=3"])
     tokenized, prepared = _prepared(config, tmp_path / "work")
     partial = train.partial_dir(config, tmp_path / "work")
-    sampled = train.sampled_segmentations(config, tokenized, prepared, partial)
+    sampled = train.sampled_segmentations(config, tokenized, prepared, partial, 0.3)
     best = tokenize.load_split(tokenized, "train")
     sp = tokenizer.load(tokenized / "tokenizer.model")
     texts = [sp.decode(row[1:]) for row in _rows(best)]
@@ -78,7 +95,7 @@ def test_each_epoch_reads_a_sampled_segmentation_of_the_same_texts(sentiment_fil
 
     # Drawn once: a resumed training reads the same segmentations back from the partial folder.
     assert (partial / train.SEGMENTATIONS).is_file()
-    again = train.sampled_segmentations(config, tokenized, prepared, partial)
+    again = train.sampled_segmentations(config, tokenized, prepared, partial, 0.3)
     for a, b in zip(sampled, again, strict=True):
         np.testing.assert_array_equal(a["ids"], b["ids"])
         np.testing.assert_array_equal(a["lengths"], b["lengths"])
@@ -87,7 +104,8 @@ def test_each_epoch_reads_a_sampled_segmentation_of_the_same_texts(sentiment_fil
 def test_the_batches_of_an_epoch_are_that_epochs_segmentation_with_the_labels(sentiment_files, tmp_path):
     config = load_config(None, [*tiny_overrides(sentiment_files, tmp_path), *SAMPLING, "train.epochs=2"])
     tokenized, prepared = _prepared(config, tmp_path / "work")
-    sampled = train.sampled_segmentations(config, tokenized, prepared, train.partial_dir(config, tmp_path / "work"))
+    partial = train.partial_dir(config, tmp_path / "work")
+    sampled = train.sampled_segmentations(config, tokenized, prepared, partial, 0.3)
     labels = tokenize.load_split(tokenized, "train")["labels"]
     train_ds, _, extra = train.datasets(config, tokenized, prepared, 0, sampled)
     batches = list(train_ds.as_numpy_iterator())
