@@ -7,7 +7,8 @@ Writes to `<workdir>/tokenize/`:
     `lengths` (tokens per example), `labels` (sentiment) and `characters` (text length, used
     for bits per character). For `task: lm` the sequences of a split form one token stream.
   - `stats.json`: vocabulary size, token-length quantiles, truncation and unknown-token counts.
-Training reads these arrays directly; nothing is tokenized again during training.
+Training reads these arrays directly; only `train.subword_sampling` makes it encode the training
+texts again, in sampled segmentations (`train.sampled_segmentations`).
 """
 
 from __future__ import annotations
