@@ -75,7 +75,7 @@ def run(config: Config, workdir: str | Path) -> TrainResult:
     chief = distribute.is_chief(strategy)
     _check_stateful(config, strategy)
     sampling = config_lib.subword_sampling(config, distribute.role(config).workers)
-    if config.train.subword_sampling and not sampling and config.tokenizer.model_type in ("bpe", "unigram"):
+    if config_lib.subword_sampling(config) and not sampling:  # it applies, but not across workers
         log.warning("train.subword_sampling is off: %s", config_lib.SEVERAL_WORKERS)
     setup_runtime(config)
     store = checkpoints.Store(partial_dir(config, workdir))
