@@ -7,6 +7,7 @@ test ample time to act before training ends.
 
 from __future__ import annotations
 
+import shutil
 import signal
 import socket
 import subprocess
@@ -67,21 +68,48 @@ def _weights(config, workdir: Path) -> list[np.ndarray]:
     return keras.saving.load_model(stage_dir(config, workdir, "train") / "model.keras").get_weights()
 
 
-@pytest.mark.parametrize("averaging", [[], ["train.ema_momentum=0.9"]], ids=["plain", "weight-average"])
-def test_kill_9_then_same_command_resumes_into_the_same_run_with_identical_weights(slow_epochs, tmp_path, averaging):
-    slow_epochs = [*slow_epochs, *averaging]
+# The second case adds the state a resume must restore beyond the checkpoint: the moving average of
+# the weights, and the segmentations subword sampling drew for every epoch when the training began;
+# and the optimizer that updates only the embedding rows a batch uses.
+SAMPLING = ["tokenizer.model_type=bpe", "tokenizer.vocab_size=80", "train.subword_sampling=0.3"]
+
+
+@pytest.mark.parametrize("extra", [[], ["train.ema_momentum=0.9", *SAMPLING, "train.lazy_embedding_updates=true"]],
+                         ids=["plain", "weight-average-subword-sampling-lazy-adam"])
+def test_kill_9_then_same_command_resumes_into_the_same_run_with_identical_weights(slow_epochs, tmp_path, extra):
+    slow_epochs = [*slow_epochs, *extra]
     config = load_config(None, slow_epochs)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     command = _command(slow_epochs, tmp_path / "work", uri)
     # An earlier run with other epochs: the killed run then reuses its prepare and tokenize.
     earlier = subprocess.run([*command, "--set", "train.epochs=1"], capture_output=True, text=True, timeout=600)
     assert earlier.returncode == 0, earlier.stderr[-3000:]
-    killed = _start_and_stop_after_epoch_one(command, train.partial_dir(config, tmp_path / "work"), signal.SIGKILL)
+    partial = train.partial_dir(config, tmp_path / "work")
+    killed = _start_and_stop_after_epoch_one(command, partial, signal.SIGKILL)
     assert killed.returncode == -signal.SIGKILL
+    # Sampling can't be seeded alike in two processes: the uninterrupted run below gets the killed
+    # run's segmentations, as if it had drawn them itself.
+    segmentations = partial / train.SEGMENTATIONS
+    assert segmentations.is_file() == bool(extra)
+    if extra:
+        straight_partial = train.partial_dir(config, tmp_path / "straight")
+        straight_partial.mkdir(parents=True)
+        shutil.copy(segmentations, straight_partial / train.SEGMENTATIONS)
     assert [r.info.status for r in _runs(uri) if r.info.run_name == "train"
             and r.data.params["train.epochs"] == "3"] == ["RUNNING"]
 
-    resumed = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    # The same config, never interrupted, run alongside the resume in folders and a tracking store of its own.
+    other_uri = f"sqlite:///{tmp_path / 'other.db'}"
+    alone = _command([*slow_epochs, f"export.dir={tmp_path / 'straight-models'}"], tmp_path / "straight", other_uri)
+    with open(tmp_path / "straight.log", "w") as log:
+        straight = subprocess.Popen(alone, stdout=log, stderr=log)
+    try:
+        resumed = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        straight.wait(timeout=600)
+    finally:
+        straight.kill()
+        straight.wait()
+    assert straight.returncode == 0, (tmp_path / "straight.log").read_text()[-3000:]
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming training after epoch" in resumed.stderr
 
@@ -99,13 +127,11 @@ def test_kill_9_then_same_command_resumes_into_the_same_run_with_identical_weigh
         assert steps == [0, 1, 2], metric
     assert not train.partial_dir(config, tmp_path / "work").exists()
 
-    # The same config, never interrupted, in its own work folder and tracking store.
-    straight = subprocess.run(_command(slow_epochs, tmp_path / "straight", f"sqlite:///{tmp_path / 'other.db'}"),
-                              capture_output=True, text=True, timeout=600)
-    assert straight.returncode == 0, straight.stderr[-3000:]
     for a, b in zip(_weights(config, tmp_path / "work"), _weights(config, tmp_path / "straight"), strict=True):
         np.testing.assert_array_equal(a, b)
-    assert _val_losses(uri) == _val_losses(f"sqlite:///{tmp_path / 'other.db'}")
+    assert _val_losses(uri) == _val_losses(other_uri)
+    saved = keras.saving.load_model(stage_dir(config, tmp_path / "work", "train") / "model.keras", safe_mode=True)
+    assert type(saved.optimizer) is (models.LazyAdam if extra else keras.optimizers.Adam)
 
 
 def _val_losses(uri: str) -> list[tuple[int, float]]:

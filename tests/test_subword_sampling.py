@@ -1,11 +1,9 @@
 """Subword regularisation (`train.subword_sampling`): a segmentation sampled for every epoch,
-kept with the checkpoints so that a training killed and resumed ends as an uninterrupted one."""
+kept with the checkpoints so that a training killed and resumed ends as an uninterrupted one
+(tests/test_resume.py's kill -9 test)."""
 
 from __future__ import annotations
 
-import shutil
-import signal
-import subprocess
 from collections import Counter
 
 import mlflow
@@ -18,20 +16,11 @@ from pipeline.config import load_config
 from pipeline.errors import ConfigError
 from pipeline.workdir import stage_dir
 
-from .conftest import tiny_overrides, write_label_text
-from .test_resume import _command, _start_and_stop_after_epoch_one, _weights
+from .conftest import tiny_overrides
 
 # Long enough that no text is cut, so every sampled segmentation spells its whole text.
 SAMPLING = ["tokenizer.model_type=bpe", "tokenizer.vocab_size=80", "train.subword_sampling=0.3",
             "train.max_length=200"]
-
-
-@pytest.fixture
-def slow_epochs(tmp_path) -> list[str]:
-    """A 3-epoch deterministic run whose epochs last about a second each (as in test_resume)."""
-    files = {"train": write_label_text(tmp_path / "train.txt", 1600, seed=1),
-             "validation": write_label_text(tmp_path / "dev.txt", 40, seed=2)}
-    return [*tiny_overrides(files, tmp_path), "train.epochs=3", "train.patience=5", "train.deterministic=true"]
 
 
 def _prepared(config, work):
@@ -124,39 +113,6 @@ def test_the_batches_of_an_epoch_are_that_epochs_segmentation_with_the_labels(se
         np.testing.assert_array_equal(a[0], b[0])
 
 
-def test_training_logs_the_token_ratio_and_leaves_no_segmentations_behind(sentiment_files, tmp_path):
-    config = load_config(None, [*tiny_overrides(sentiment_files, tmp_path), *SAMPLING])
-    work = tmp_path / "work"
-    _prepared(config, work)
-    mlflow.set_experiment("sampling")
-    with tracking.start_run("train"):
-        train.run(config, work)
-        run_id = tracking.run_id()
-    assert mlflow.get_run(run_id).data.metrics["sampled_token_ratio"] > 1
-    assert not train.partial_dir(config, work).exists()
-
-
-def test_kill_9_then_resume_ends_as_an_uninterrupted_run_on_the_same_segmentations(slow_epochs, tmp_path):
-    overrides = [*slow_epochs, *SAMPLING]
-    config = load_config(None, overrides)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    partial = train.partial_dir(config, tmp_path / "work")
-    killed = _start_and_stop_after_epoch_one(_command(overrides, tmp_path / "work", uri), partial, signal.SIGKILL)
-    assert killed.returncode == -signal.SIGKILL
-    # The same training, never interrupted, on the segmentations the killed one drew.
-    straight = train.partial_dir(config, tmp_path / "straight")
-    straight.mkdir(parents=True)
-    shutil.copy(partial / train.SEGMENTATIONS, straight / train.SEGMENTATIONS)
-
-    resumed = subprocess.run(_command(overrides, tmp_path / "work", uri), capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0 and "resuming training after epoch" in resumed.stderr, resumed.stderr[-3000:]
-    other = subprocess.run(_command(overrides, tmp_path / "straight", f"sqlite:///{tmp_path / 'other.db'}"),
-                           capture_output=True, text=True, timeout=600)
-    assert other.returncode == 0, other.stderr[-3000:]
-    for a, b in zip(_weights(config, tmp_path / "work"), _weights(config, tmp_path / "straight"), strict=True):
-        np.testing.assert_array_equal(a, b)
-
-
 def test_a_forced_training_draws_its_segmentations_afresh(sentiment_files, tmp_path):
     config = load_config(None, [*tiny_overrides(sentiment_files, tmp_path), *SAMPLING])
     work = tmp_path / "work"
@@ -174,3 +130,4 @@ def test_a_forced_training_draws_its_segmentations_afresh(sentiment_files, tmp_p
         run_id = next(r.info.run_id for r in mlflow.search_runs(output_format="list")
                       if r.data.tags.get("mlflow.parentRunId") == tracking.run_id())
     assert mlflow.get_run(run_id).data.metrics["sampled_token_ratio"] > 1
+    assert not partial.exists(), "nothing is left behind"
