@@ -163,10 +163,6 @@ class TrainConfig:
     # that each merge is skipped (BPE-dropout), for unigram the smoothing of the distribution it
     # samples from. Validation, test and the exported model keep the one best segmentation. 0 = off.
     subword_sampling: float = 0.0
-    # Adam moves only the embedding rows a batch uses, and their moments (lazy Adam, see
-    # pipeline.models.LazyAdam): the same update for those rows, none for the others, and on a CPU a
-    # step a third shorter with a vocabulary of 16,000 pieces. false = Keras's Adam, every row every step.
-    lazy_embedding_updates: bool = False
     mixed_precision: Literal["auto", "on", "off"] = "auto"
     deterministic: bool = False
     # Data-parallel training (see pipeline.distribute); batch_size stays the global batch.

@@ -6,9 +6,6 @@ them on the same data). Every LSTM (and GRU) is built with the settings under wh
 fused cuDNN kernel when a GPU is visible: tanh activation, sigmoid recurrent activation,
 `use_bias=True`, `unroll=False` and no recurrent dropout. Inputs use id 0 as padding and are
 right-padded, with BOS first in every row, which is what that kernel demands of a mask.
-
-`LazyAdam`, the optimizer `train.lazy_embedding_updates` picks, lives here with the other custom
-objects a saved model names, so that loading one finds it.
 """
 
 from __future__ import annotations
@@ -16,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import keras
-import tensorflow as tf
 
 from pipeline.config import Config
 
@@ -153,48 +149,6 @@ class MemberCrossentropy(LabelCrossentropy):
     def call(self, y_true, y_pred):
         labels = keras.ops.reshape(keras.ops.cast(y_true, "int32"), (-1, 1))
         return keras.ops.mean(label_crossentropy(labels, y_pred, self.label_smoothing), axis=1)
-
-
-@keras.saving.register_keras_serializable(package="pipeline")
-class LazyAdam(keras.optimizers.Adam):
-    """Adam that, for a gradient of some rows only (an embedding's, a `tf.IndexedSlices`), moves only
-    those rows of the weights and of their two moments.
-
-    Keras's Adam makes such a gradient dense and updates every row of the embedding at every step;
-    the rows a batch uses get the same update here.
-    for a vocabulary of thousands of pieces on a CPU that costs more than the LSTMs' own step. Here a
-    row no batch uses keeps its weights and its moments until one does (the "lazy" Adam of TF
-    Addons; PyTorch's SparseAdam), with the bias correction counting every step. Dense gradients,
-    and every gradient under `amsgrad`, take Keras's step unchanged.
-    """
-
-    def update_step(self, gradient, variable, learning_rate):
-        if not isinstance(gradient, tf.IndexedSlices) or self.amsgrad:
-            return super().update_step(gradient, variable, learning_rate)
-        dtype = variable.dtype
-        step = tf.cast(self.iterations + 1, dtype)
-        beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
-        alpha = tf.cast(learning_rate, dtype) * tf.sqrt(1 - beta_2**step) / (1 - beta_1**step)
-        # A row used by several tokens of the batch comes once per token. Summed, as Keras's Adam sums
-        # them: the gradients for the first moment, their squares for the second.
-        rows, position = tf.unique(gradient.indices)
-        values = tf.cast(gradient.values, dtype)
-        grad = tf.math.unsorted_segment_sum(values, position, tf.shape(rows)[0])
-        square = tf.math.unsorted_segment_sum(tf.square(values), position, tf.shape(rows)[0])
-        index = self._get_variable_index(variable)
-        m, v = _tf_variable(self._momentums[index]), _tf_variable(self._velocities[index])
-        m_rows = tf.gather(m, rows)
-        m_rows += (grad - m_rows) * (1 - self.beta_1)
-        v_rows = tf.gather(v, rows)
-        v_rows += (square - v_rows) * (1 - self.beta_2)
-        m.scatter_update(tf.IndexedSlices(m_rows, rows))
-        v.scatter_update(tf.IndexedSlices(v_rows, rows))
-        _tf_variable(variable).scatter_sub(tf.IndexedSlices(m_rows * alpha / (tf.sqrt(v_rows) + self.epsilon), rows))
-
-
-def _tf_variable(variable):
-    """The TensorFlow variable under a Keras one (update steps get either)."""
-    return variable.value if isinstance(variable, keras.Variable) else variable
 
 
 @keras.saving.register_keras_serializable(package="pipeline")

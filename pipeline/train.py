@@ -146,8 +146,8 @@ def _compiled_model(config: Config, strategy: tf.distribute.Strategy, vocab_size
             model = stateful.with_carried_state(model, config.train.batch_size)
         model = models.training_model(model)
         model.compile(
-            optimizer=_optimizer(config)(learning_rate(config, steps_per_epoch), clipnorm=1.0,
-                                         weight_decay=config.train.weight_decay or None, **_averaging(config)),
+            optimizer=keras.optimizers.Adam(learning_rate(config, steps_per_epoch), clipnorm=1.0,
+                                            weight_decay=config.train.weight_decay or None, **_averaging(config)),
             loss=training_loss(config),
             metrics=[models.EnsembleAccuracy(name="accuracy") if _members(config) else "accuracy"],
         )
@@ -383,11 +383,6 @@ def sampled_segmentations(config: Config, tokenized: Path, prepared: Path, parti
         np.savez(out, **{f"{key}_{e}": arrays[key] for e, arrays in enumerate(epochs) for key in arrays})
     tmp.rename(path)
     return epochs
-
-
-def _optimizer(config: Config) -> type[keras.optimizers.Adam]:
-    """Keras's Adam, or with `train.lazy_embedding_updates` the one that updates only used embedding rows."""
-    return models.LazyAdam if config.train.lazy_embedding_updates else keras.optimizers.Adam
 
 
 def _averaging(config: Config) -> dict:

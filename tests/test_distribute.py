@@ -92,8 +92,7 @@ def test_mirrored_on_two_cpus_takes_the_single_device_step(task, sentiment_files
         overrides = [*lm_overrides(write_corpus(tmp_path / "corpus.txt"), tmp_path), "train.sequence_length=15",
                      "train.batch_size=176", "train.epochs=1", "model.dropout=0.0", "train.sample_tokens=1"]
     else:
-        # With the optimizer that updates only the embedding rows used: each replica's are slices.
-        overrides = [*tiny_overrides(sentiment_files, tmp_path), *ONE_STEP, "train.lazy_embedding_updates=true"]
+        overrides = [*tiny_overrides(sentiment_files, tmp_path), *ONE_STEP]
     single = load_config(None, overrides)
     results = runner.run_all(single, tmp_path / "single")
     if task == "lm":
