@@ -124,7 +124,7 @@ def test_kill_9_then_same_command_resumes_into_the_same_run_with_identical_weigh
     for metric in ("loss", "val_loss", "val_accuracy"):
         steps = sorted(m.step for m in client.get_metric_history(trains[0].info.run_id, metric))
         assert steps == [0, 1, 2], metric
-    assert not train.partial_dir(config, tmp_path / "work").exists()
+    assert not partial.exists()
 
     for a, b in zip(_weights(config, tmp_path / "work"), _weights(config, tmp_path / "straight"), strict=True):
         np.testing.assert_array_equal(a, b)

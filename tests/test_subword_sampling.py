@@ -16,11 +16,11 @@ from pipeline.config import load_config
 from pipeline.errors import ConfigError
 from pipeline.workdir import stage_dir
 
+from . import test_resume
 from .conftest import tiny_overrides
 
 # Long enough that no text is cut, so every sampled segmentation spells its whole text.
-SAMPLING = ["tokenizer.model_type=bpe", "tokenizer.vocab_size=80", "train.subword_sampling=0.3",
-            "train.max_length=200"]
+SAMPLING = [*test_resume.SAMPLING, "train.max_length=200"]
 
 
 def _prepared(config, work):
