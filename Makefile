@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CONFIG ?= configs/sst2_local.yaml
 ARGS ?=
 
-.PHONY: install run test test-slow lint bench clean
+.PHONY: install run test test-fast test-slow lint docs bench clean
 
 # Re-install only when pyproject.toml changes.
 install: $(VENV)/.installed
@@ -21,8 +21,17 @@ run: install
 lint: install
 	$(BIN)/ruff check pipeline tests benchmarks
 
-test: install lint
+# The full suite, as CI runs it.
+test: install lint docs
 	$(BIN)/pytest -q
+
+# The unit tier, for the edit loop: no subprocesses, servers or kill -9 (a few minutes).
+test-fast: install
+	$(BIN)/pytest -q -m 'not slow and not integration' tests/unit
+
+# The documentation site, built strictly: every link and anchor must resolve.
+docs: install
+	$(BIN)/mkdocs build --strict --quiet --site-dir site
 
 # The slow tests train on the real corpora in ../shared/data.
 test-slow: install
@@ -35,4 +44,4 @@ bench: install
 # Only what the pipeline and its tools generated: data/ also holds the shipped corpora and the
 # TFDS downloads a user placed in data/tfds/downloads/manual/, which stay.
 clean:
-	rm -rf $(VENV) data/work models mlruns mlartifacts mlflow.db mlflow.db.lock optuna.db .pytest_cache .ruff_cache
+	rm -rf $(VENV) site data/work models mlruns mlartifacts mlflow.db mlflow.db.lock optuna.db .pytest_cache .ruff_cache

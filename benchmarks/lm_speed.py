@@ -22,7 +22,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline import models, stateful
+from pipeline import models
+from pipeline.models import stateful
 
 SETTINGS = {
     "jit_off": {"jit_compile": False},

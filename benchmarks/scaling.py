@@ -1,3 +1,4 @@
+
 """Data-parallel scaling: the same model, data and global batch on 1 replica, on N mirrored ones,
 and on N worker processes (`multi_worker`, one replica each, on loopback ports).
 
@@ -30,6 +31,9 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
+
+from pipeline.data import splits  # noqa: E402
+from pipeline.training import batches, recipe  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,17 +69,17 @@ def config_for(args: argparse.Namespace, replicas: int, workers: int = 0):
 def child(args: argparse.Namespace) -> dict:
     """Train with `args.child` replicas (or as one of `args.worker_of` workers) in this process;
     return the figures as a dict."""
-    from pipeline import distribute, models, tokenize
-    from pipeline import train as train_stage
-    from pipeline.workdir import stage_dir
+    from pipeline import models
+    from pipeline.store.workdir import stage_dir
+    from pipeline.training import distribute
 
     config = config_for(args, args.child or 1, workers=args.worker_of or 0)
     distribute.make_logical_cpus(config)
     strategy = distribute.strategy_for(config)
-    train_stage.setup_runtime(config)
+    recipe.setup_runtime(config)
     tokenized = stage_dir(config, args.workdir, "tokenize")
     prepared = stage_dir(config, args.workdir, "prepare")
-    train_ds, val_ds, extra = train_stage.datasets(config, tokenized, prepared, first_epoch=0)
+    train_ds, val_ds, extra = batches.datasets(config, tokenized, prepared, first_epoch=0)
     vocab = json.loads((tokenized / "stats.json").read_text())["vocab_size"]
     with strategy.scope():
         model = models.build_model(config, vocab, len(extra["labels"]))
@@ -88,7 +92,7 @@ def child(args: argparse.Namespace) -> dict:
         history = distribute.fit(model, strategy, train_ds, val_ds, initial_epoch=0, from_logits=False, **fit_args)
     else:
         history = model.fit(train_ds, validation_data=val_ds, **fit_args).history
-    tokens = int(tokenize.load_split(tokenized, "train")["lengths"].sum()) * args.epochs
+    tokens = int(splits.load_split(tokenized, "train")["lengths"].sum()) * args.epochs
     return {"replicas": strategy.num_replicas_in_sync, "strategy": distribute.describe(config, strategy)["strategy"],
             "tokens_per_s": tokens / timer.seconds, "train_seconds": timer.seconds,
             "val_loss": history["val_loss"][-1], "val_accuracy": history["val_accuracy"][-1]}
@@ -115,19 +119,19 @@ def main() -> int:
     if args.child or args.worker_of:
         print(json.dumps(child(args)))
         return 0
-    from pipeline import prepare, tokenize
-    from pipeline.workdir import is_finished, stage_dir
+    from pipeline.stages import prepare, tokenization
+    from pipeline.store.workdir import is_finished, stage_dir
 
     os.chdir(ROOT)  # the presets name the shipped data relative to the project
     base = config_for(args, 1)
-    for stage, module in (("prepare", prepare), ("tokenize", tokenize)):
+    for stage, module in (("prepare", prepare), ("tokenize", tokenization)):
         if not is_finished(stage_dir(base, args.workdir, stage)):
             module.run(base, args.workdir)
     results = []
     for replicas in args.replicas:
         results.append(run_children([["--child", str(replicas)]], [None]))
     if args.workers:
-        from pipeline import launch
+        from pipeline.tools import launch
 
         addresses = [f"127.0.0.1:{port}" for port in launch.free_ports(args.workers)]
         results.append(run_children([["--worker-of", str(args.workers)]] * args.workers,

@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 import requests
 
-from pipeline import predict
 from pipeline.errors import ExportError
-from pipeline.serving import stop_process_group
+from pipeline.tools import predict
+from pipeline.tools.serving import stop_process_group
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"

@@ -36,9 +36,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from pipeline import data, models, tokenizer  # noqa: E402
-from pipeline.config import TrainConfig  # noqa: E402
-from pipeline.readers import read_local  # noqa: E402
+from pipeline import models
+from pipeline.config import TrainConfig
+from pipeline.data import inputs, subwords
+from pipeline.data.readers import read_local
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "sst2" / "stsa.binary.train"
@@ -119,7 +120,7 @@ def baseline_epoch(model, sp, texts, labels, batch_size) -> dict:
     timer = LoopTimer()
     with no_gc_pauses():
         start = time.perf_counter()
-        ids = [[tokenizer.BOS_ID] + sp.encode(text) for text in texts]
+        ids = [[subwords.BOS_ID] + sp.encode(text) for text in texts]
         x = keras.utils.pad_sequences(ids, padding="post", value=0)
         prepared = time.perf_counter() - start
         model.fit(x, labels, batch_size=batch_size, epochs=1, shuffle=True, verbose=0, callbacks=[timer])
@@ -147,11 +148,11 @@ def padded_per_batch(dataset) -> float:
 def lm_tokens_per_second(path: Path, steps: int, vocab_size: int = 1000) -> float:
     """Real tokens per second training the Shakespeare preset's LM shape (2x512, windows of 128)."""
     text = path.read_text(encoding="utf-8")
-    sp = tokenizer.from_bytes(tokenizer.train_sentencepiece(
+    sp = subwords.from_bytes(subwords.train_sentencepiece(
         [line for line in text.splitlines(keepends=True) if line.strip()], vocab_size=vocab_size,
         model_type="bpe", character_coverage=1.0, lossless=True))
-    stream = np.array(tokenizer.encode(sp, [text])[0], dtype=np.int32)
-    dataset = data.lm_dataset(stream, 128, 64, shuffle=True).repeat()
+    stream = np.array(subwords.encode(sp, [text])[0], dtype=np.int32)
+    dataset = inputs.lm_dataset(stream, 128, 64, shuffle=True).repeat()
     keras.utils.set_random_seed(0)
     model = models.build_language_model_lstm(sp.get_piece_size(), embedding_dim=256, units=512, layers=2)
     model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -171,17 +172,17 @@ def main() -> int:
     train = read_local(args.data, "label_text")
     labels_vocab = sorted(set(train.labels))
     labels = np.array([labels_vocab.index(label) for label in train.labels], dtype=np.int32)
-    sp = tokenizer.from_bytes(tokenizer.train_sentencepiece(train.texts, vocab_size=args.vocab_size))
+    sp = subwords.from_bytes(subwords.train_sentencepiece(train.texts, vocab_size=args.vocab_size))
     vocab = sp.get_piece_size()
 
     # The pipeline's token cache: encoded once, as the tokenize stage writes it.
-    ids, lengths = tokenizer.pack(tokenizer.encode(sp, train.texts))
+    ids, lengths = subwords.pack(subwords.encode(sp, train.texts))
     arrays = {"ids": ids, "lengths": lengths, "labels": labels}
-    boundaries = data.bucket_boundaries(lengths, args.buckets)
+    boundaries = inputs.bucket_boundaries(lengths, args.buckets)
 
     def epoch_dataset(epoch: int):
         # As in training: each epoch its own order, fixed by seed and epoch.
-        return data.classification_dataset(arrays, args.batch_size, boundaries=boundaries, shuffle=True, seed=0,
+        return inputs.classification_dataset(arrays, args.batch_size, boundaries=boundaries, shuffle=True, seed=0,
                                            epochs=range(epoch, epoch + 1))
 
     real_tokens = int(lengths.sum())
@@ -237,15 +238,15 @@ def token_cache_timing(sp, texts, arrays) -> tuple[float, float]:
             {key: cached[key] for key in cached.files}
         load = time.perf_counter() - start
     start = time.perf_counter()
-    [[tokenizer.BOS_ID] + sp.encode(text) for text in texts]
+    [[subwords.BOS_ID] + sp.encode(text) for text in texts]
     return load, time.perf_counter() - start
 
 
 def validation_accuracy(path: Path, sp, labels_vocab, model_a, model_b) -> dict:
     dev = read_local(path, "label_text")
     y = np.array([labels_vocab.index(label) for label in dev.labels])
-    ids, lengths = tokenizer.pack(tokenizer.encode(sp, dev.texts))
-    batches = data.ordered_batches({"ids": ids, "lengths": lengths}, 64)
+    ids, lengths = subwords.pack(subwords.encode(sp, dev.texts))
+    batches = inputs.ordered_batches({"ids": ids, "lengths": lengths}, 64)
     return {side: float((model.predict(batches, verbose=0).argmax(1) == y).mean())
             for side, model in (("a", model_a), ("b", model_b))}
 

@@ -15,17 +15,9 @@ from pathlib import Path
 
 import click
 
-from pipeline.cache import STAGES
 from pipeline.config import load_config
 from pipeline.errors import Interrupted, PipelineError
-
-STAGE_HELP = {
-    "prepare": "Read the dataset (TFDS or local files) and write normalised splits.",
-    "tokenize": "Train SentencePiece on the training split and encode every split.",
-    "train": "Train the LSTM with model.fit, early stopping and checkpoints.",
-    "evaluate": "Compute test metrics, a confusion matrix and learning curves.",
-    "export": "Write a SavedModel that takes raw text, under export.dir/<run name>/<version>/.",
-}
+from pipeline.stages.registry import NAMES, STAGES
 
 
 def common_options(command):
@@ -47,14 +39,14 @@ def common_options(command):
     def wrapper(config_path, override_string, overrides, workdir, tracking_uri, experiment, **kwargs):
         with _errors_as_one_line():
             config = load_config(config_path or None, [*shlex.split(override_string), *overrides])
-            from pipeline import distribute
+            from pipeline.training import distribute
 
             distribute.make_logical_cpus(config)  # only possible before TensorFlow runs an op
             workdir = Path(workdir or Path("data") / "work" / config.name)
             from pipeline import tracking
 
             tracking.configure(tracking_uri, experiment)
-            from pipeline import signals
+            from pipeline.training import signals
 
             with signals.installed():
                 return command(config=config, workdir=workdir, **kwargs)
@@ -96,7 +88,7 @@ def main(verbose: bool) -> None:
 
 @main.command()
 @common_options
-@click.option("--force", is_flag=False, flag_value="prepare", default=None, type=click.Choice(STAGES),
+@click.option("--force", is_flag=False, flag_value="prepare", default=None, type=click.Choice(NAMES),
               help="Re-run stages whose output for this config exists: `--force` alone re-runs all, "
                    "`--force STAGE` that stage and every later one. Default: reuse finished stages.")
 def run(config, workdir, force) -> None:
@@ -153,8 +145,8 @@ def sweep(config, workdir, space_path, trials, study_name, storage) -> None:
     with a shared --storage and --tracking-uri) to share the work. Ends with the trials, best first,
     and the `pipeline run` line of the best one.
     """
-    from pipeline import sweep as sweep_lib
     from pipeline import tracking
+    from pipeline.tools import sweep as sweep_lib
 
     space = sweep_lib.load_space(space_path, config)
     study = study_name or f"{config.name}-{Path(space_path).stem}"
@@ -179,9 +171,9 @@ def launch(workers, command) -> None:
     `pipeline launch --workers 2 -- run --config configs/sst2_local.yaml`. Each worker gets a
     loopback port and its TF_CONFIG, and trains with train.distribute=multi_worker; worker 0
     writes the outputs, logs to MLflow and prints here. Exits with worker 0's code (or a failed
-    worker's). On several hosts, set TF_CONFIG on each and run the command itself (see README).
+    worker's). On several hosts, set TF_CONFIG on each and run the command itself (see docs/distributed.md).
     """
-    from pipeline import launch as launch_lib
+    from pipeline.tools import launch as launch_lib
 
     if command[0] not in launch_lib.COMMANDS:
         raise click.UsageError(f"launch runs a training command ({' or '.join(launch_lib.COMMANDS)}), "
@@ -190,7 +182,7 @@ def launch(workers, command) -> None:
     sys.exit(launch_lib.run(list(command), workers, verbose=verbose))
 
 
-def _stage_command(stage: str):
+def _stage_command(stage: str, help_text: str):
     @common_options
     @click.option("--force", is_flag=True, help="Run the stage even if its output for this config exists.")
     def command(config, workdir, force) -> None:
@@ -198,12 +190,12 @@ def _stage_command(stage: str):
 
         runner.run_stage(stage, config, workdir, force=force)
 
-    command.__doc__ = STAGE_HELP[stage]
-    main.command(name=stage, help=STAGE_HELP[stage])(command)
+    command.__doc__ = help_text
+    main.command(name=stage, help=help_text)(command)
 
 
-for _stage in STAGE_HELP:
-    _stage_command(_stage)
+for _stage in STAGES:
+    _stage_command(_stage.name, _stage.help)
 
 
 @main.command()
@@ -222,7 +214,7 @@ def predict(model_dir, texts, input_file, as_json) -> None:
     if not texts:
         raise click.UsageError("give TEXT arguments or --input FILE")
     with _errors_as_one_line():
-        from pipeline import predict as predict_lib
+        from pipeline.tools import predict as predict_lib
 
         results = predict_lib.classify(model_dir, texts)
     for row in results:
@@ -246,7 +238,7 @@ def predict(model_dir, texts, input_file, as_json) -> None:
 def generate(model_dir, prompt, max_tokens, temperature, top_k, seed, num_samples) -> None:
     """Continue --prompt with the exported language model in MODEL_DIR."""
     with _errors_as_one_line():
-        from pipeline import predict as predict_lib
+        from pipeline.tools import predict as predict_lib
 
         texts, notes = predict_lib.generate(model_dir, [prompt], max_tokens=max_tokens, temperature=temperature,
                                             top_k=top_k, seed=seed, samples=num_samples)
@@ -276,13 +268,22 @@ def inspect_command(config, workdir, texts, input_file, compare_cells) -> None:
     texts = [*texts, *(line.rstrip("\n") for line in input_file)] if input_file else list(texts)
     if not texts and not compare_cells:
         raise click.UsageError("give --text TEXT (repeatable) or --input FILE")
-    from pipeline import inspect as inspect_lib
+    from pipeline.tools.inspection import inspector as inspect_lib
 
     result = inspect_lib.run(config, workdir, texts, compare_cells=compare_cells)
     for path in result.files:
         click.echo(path)
     if result.run_id:
         click.echo(f"logged to MLflow run {result.run_id} under inspect/")
+
+
+@main.command(name="config")
+@click.option("--markdown", is_flag=True, help="Print the reference as the Markdown page of the docs (docs/config.md).")
+def config_command(markdown) -> None:
+    """List every config key with its type, default and help, as presets and --set use them."""
+    from pipeline.config import reference
+
+    click.echo(reference.markdown() if markdown else reference.text(), nl=not markdown)
 
 
 @main.command()
@@ -336,6 +337,6 @@ def serve(model, port, host, tracking_uri) -> None:
     max_tokens, temperature, top_k and seed.
     """
     with _errors_as_one_line():
-        from pipeline import serving
+        from pipeline.tools import serving
 
         serving.run(model, host, port, tracking_uri)

@@ -20,13 +20,16 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from pipeline import cache, distribute, evaluate, export, models, prepare, tokenize, tracking, train
 from pipeline import config as config_lib
+from pipeline import models, tracking
 from pipeline.config import Config
-from pipeline.workdir import STAGES, is_finished, producer, stage_dir
+from pipeline.stages import registry, train
+from pipeline.stages.registry import NAMES
+from pipeline.store import cache
+from pipeline.store.workdir import is_finished, producer, stage_dir
+from pipeline.training import distribute
 
 log = logging.getLogger(__name__)
-MODULES = {"prepare": prepare, "tokenize": tokenize, "train": train, "evaluate": evaluate, "export": export}
 
 
 def run_stage(stage: str, config: Config, workdir: str | Path, force: bool = False) -> Any:
@@ -63,8 +66,8 @@ def run_stage(stage: str, config: Config, workdir: str | Path, force: bool = Fal
         if resume_id is None:
             log_config(config)
         log.info("== %s: %s (key %s)", stage, "resuming" if resume_id else "running", cache.stage_keys(config)[stage])
-        result = MODULES[stage].run(config, workdir)
-        _log_outputs(stage, config, Path(workdir), result)
+        result = registry.get(stage).run(config, workdir)
+        _log_outputs(config, result)
     return result
 
 
@@ -76,12 +79,12 @@ def run_all(config: Config, workdir: str | Path, force: str | None = None,
     re-run too). A training killed earlier is resumed, in its original parent run. `tags` are
     added to the parent run (a sweep names its study and trial there).
     """
-    first_forced = STAGES.index(force) if force else len(STAGES)
+    first_forced = NAMES.index(force) if force else len(NAMES)
     strategy = distribute.strategy_for(config)  # a bad device, batch or TF_CONFIG fails before any data work
     if not distribute.is_chief(strategy):
-        return {"train": train_beside_chief(config, workdir, fresh=first_forced <= STAGES.index("tokenize"))}
+        return {"train": train_beside_chief(config, workdir, fresh=first_forced <= NAMES.index("tokenize"))}
     fingerprint = config_lib.fingerprint(config)
-    resumed = train.resumable_run(config, workdir) if first_forced > STAGES.index("train") else None
+    resumed = train.resumable_run(config, workdir) if first_forced > NAMES.index("train") else None
     parent_id = resumed.run.get("parent_run_id") if resumed else None
     # Under `mlflow run` the parent is the run it made (MLFLOW_RUN_ID), never an earlier one.
     if parent_id and ("MLFLOW_RUN_ID" in os.environ or not tracking.run_exists(parent_id)):
@@ -96,13 +99,13 @@ def run_all(config: Config, workdir: str | Path, force: str | None = None,
             log_config(config)
         else:
             log.info("resuming MLflow run %s", parent_id)
-        for index, stage in enumerate(STAGES):
+        for index, stage in enumerate(NAMES):
             if parent_id and index < first_forced and tracking.finished_child(parent_id, stage):
                 # A resumed parent run already holds this stage's run.
                 log.info("== %s: done earlier in this run", stage)
                 if stage == "train":
                     distribute.skip_training(strategy)
-                results[stage] = MODULES[stage].load(config, workdir)
+                results[stage] = registry.get(stage).load(config, workdir)
                 continue
             results[stage] = run_stage(stage, config, workdir, force=index >= first_forced)
         # What the UI's run table should show without opening the child runs.
@@ -120,7 +123,7 @@ def train_beside_chief(config: Config, workdir: str | Path, fresh: bool = False)
         for stage in ("prepare", "tokenize"):
             done = None if fresh else finished_output(stage, config, workdir)
             if done is None:
-                MODULES[stage].run(config, scratch)
+                registry.get(stage).run(config, scratch)
             else:
                 link = stage_dir(config, scratch, stage)
                 link.parent.mkdir(parents=True)
@@ -137,12 +140,13 @@ def _chief_only(stage: str, worker: distribute.Cluster) -> None:
 
 
 def finished_output(stage: str, config: Config, workdir: str | Path) -> Path | None:
-    """The finished output of `stage` for this config, if one exists."""
-    if stage == "export":
-        return export.find(config)
+    """The finished output of `stage` for this config, if one exists: where the stage's module
+    says (`finished_output`, for an output outside the work folder), else its work folder."""
+    finder = getattr(registry.get(stage).load_module(), "finished_output", None)
+    if finder is not None:
+        return finder(config)
     path = stage_dir(config, workdir, stage)
     return path if is_finished(path) else None
-
 
 def _same_parent(run: dict[str, str]) -> bool:
     """Whether a checkpoint's train run sits under the parent run now active (or both have none)."""
@@ -152,13 +156,13 @@ def _same_parent(run: dict[str, str]) -> bool:
 def _reuse(stage: str, config: Config, workdir: str | Path, output: Path) -> Any:
     """Read a finished stage's result, and record the reuse in a `cache_hit` run."""
     made_by = producer(output)
-    result = MODULES[stage].load(config, workdir)
+    result = registry.get(stage).load(config, workdir)
     tags = {**_stage_tags(stage, config, workdir), "cache_hit": "true",
             "cache_source_run_id": made_by.get("run_id", "")}
     with tracking.start_run(stage, tags=tags):
         log_config(config)
         tracking.note_reuse(output, made_by)
-        _log_outputs(stage, config, Path(workdir), result, artifacts=False)
+        _log_outputs(config, result, artifacts=False)
     source = made_by.get("run_id") or "an untracked run"
     log.info("== %s: cached, reusing %s (made by run %s)", stage, output, source)
     return result
@@ -225,35 +229,17 @@ def log_config(config: Config) -> None:
         tracking.log_artifact(path)
 
 
-def _log_outputs(stage: str, config: Config, workdir: Path, result: Any, artifacts: bool = True) -> None:
-    """Log a stage's result as metrics and tags, and its files as artifacts unless `artifacts` is false
-    (a reused output's files are already in the run that made it)."""
-    out = finished_output(stage, config, workdir)
-    files: list[tuple[Path, str]] = []
-    if stage == "prepare":
-        counts = {f"{k}_examples": v for k, v in result.counts.items()}
-        tracking.log_metrics({**counts, "skipped_blank": result.skipped_blank})
-        files = [(out / name, "prepare") for name in ("stats.json", "labels.json")]
-    elif stage == "tokenize":
-        splits = [s for s in ("train", "validation", "test") if s in result.stats]
-        tracking.log_metrics({"vocab_size": result.vocab_size,
-                              **{f"{s}_truncated": result.stats[s]["truncated"] for s in splits},
-                              **{f"{s}_tokens": result.stats[s]["tokens"] for s in splits}})
-        files = [(out / name, "tokenizer") for name in ("tokenizer.model", "tokenizer.vocab", "stats.json")]
-    elif stage == "train":
-        tracking.log_metrics({"epochs_run": result.epochs_run, "best_epoch": result.best_epoch})
-        tracking.set_tags({"lstm_kernel": result.lstm_kernel})
-        files = [(out / name, "train") for name in ("history.csv", "summary.json")]
-    elif stage == "evaluate":
-        tracking.log_metrics(result.metrics)
-        files = [(out, "evaluate")]
-    elif stage == "export":
-        tracking.set_tags({"export_path": result.path})
-        files = [(result.path, "saved_model")]
-        if config.export.register_as and tracking.active():
-            uri = tracking.register_export(result.path, config.export.register_as,
-                                           cache.stage_keys(config)["export"], config.task)
-            tracking.set_tags({"registered_model": uri})
+def _log_outputs(config: Config, result: Any, artifacts: bool = True) -> None:
+    """Log what a stage's result says of itself (`result.logged()`): metrics, tags, and its files as
+    artifacts unless `artifacts` is false (a reused output's files are in the run that made it). An
+    exported model is registered when `export.register_as` names a registered model."""
+    logged = result.logged()
+    tracking.log_metrics(logged.metrics)
+    tracking.set_tags(logged.tags)
+    if logged.model is not None and config.export.register_as and tracking.active():
+        uri = tracking.register_export(logged.model, config.export.register_as,
+                                       cache.stage_keys(config)["export"], config.task)
+        tracking.set_tags({"registered_model": uri})
     if artifacts:
-        for path, folder in files:
+        for path, folder in logged.artifacts:
             tracking.log_artifact(path, folder)

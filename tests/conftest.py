@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import load_config
+from pipeline.data import splits
 
-PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
+ROOT = Path(__file__).resolve().parent.parent
+PRESETS_DIR = ROOT / "configs"
 
 POSITIVE = ["a great and moving film", "wonderful acting and a fine story", "i loved it , truly great",
             "fine , warm and funny", "a moving , wonderful film", "great fun from start to end"]
@@ -101,17 +103,17 @@ def assert_stage_and_export_score_alike(config, work: Path, exported: Path) -> N
     import keras
     import tensorflow as tf
 
-    from pipeline import evaluate, prepare, tokenize
-    from pipeline.workdir import stage_dir
+    from pipeline.stages import evaluate
+    from pipeline.store.workdir import stage_dir
 
     metrics = json.loads((stage_dir(config, work, "evaluate") / "metrics.json").read_text())
-    text = prepare.read_examples(stage_dir(config, work, "prepare") / "test.jsonl")[0][0]
+    text = splits.read_examples(stage_dir(config, work, "prepare") / "test.jsonl")[0][0]
     served = tf.saved_model.load(str(exported)).signatures["score"](text=tf.constant([text]))
     assert served["bits_per_char"].numpy()[0] == pytest.approx(metrics["test_bits_per_char"], rel=1e-4)
     assert metrics["test_cold_bits_per_char"] != pytest.approx(metrics["test_bits_per_char"], rel=1e-4)
     # The saved model is the ordinary one: any batch size, each call from zero states.
     model = keras.saving.load_model(stage_dir(config, work, "train") / "model.keras")
-    test = tokenize.load_split(stage_dir(config, work, "tokenize"), "test")
+    test = splits.load_split(stage_dir(config, work, "tokenize"), "test")
     cold = evaluate.language_model_metrics(model, test, config.train.sequence_length, 3)
     assert cold["test_bits_per_char"] == pytest.approx(metrics["test_cold_bits_per_char"], rel=1e-5)
 

@@ -22,8 +22,8 @@ from typing import NamedTuple
 
 import pytest
 
-from pipeline import launch
-from pipeline.serving import stop_process_group
+from pipeline.tools import launch
+from pipeline.tools.serving import stop_process_group
 
 HOST = "127.0.0.1"
 

@@ -10,10 +10,13 @@ import mlflow
 import pytest
 from click.testing import CliRunner
 
-from pipeline import cache, tokenize, tokenizer
 from pipeline.cli import main
 from pipeline.config import load_config
-from pipeline.workdir import atomic_output, is_finished, stage_dir
+from pipeline.data import subwords
+from pipeline.stages import tokenization
+from pipeline.stages.registry import NAMES
+from pipeline.store import cache
+from pipeline.store.workdir import atomic_output, is_finished, stage_dir
 
 from .conftest import tiny_overrides
 
@@ -40,8 +43,8 @@ def test_same_config_same_keys_and_normalised_values(sentiment_files, tmp_path):
 ])
 def test_a_change_reruns_its_stage_and_everything_after(sentiment_files, tmp_path, change, first_changed):
     before, after = _keys(sentiment_files, tmp_path), _keys(sentiment_files, tmp_path, change)
-    first = cache.STAGES.index(first_changed)
-    for index, stage in enumerate(cache.STAGES):
+    first = NAMES.index(first_changed)
+    for index, stage in enumerate(NAMES):
         assert (before[stage] != after[stage]) == (index >= first), stage
 
 
@@ -70,7 +73,7 @@ def test_a_new_installed_version_changes_every_key(sentiment_files, tmp_path, mo
     before = _keys(sentiment_files, tmp_path)
     monkeypatch.setattr(cache, "installed_version", lambda: "0.0.0")
     after = _keys(sentiment_files, tmp_path)
-    assert all(before[s] != after[s] for s in cache.STAGES)
+    assert all(before[s] != after[s] for s in NAMES)
 
 
 EDITS = {
@@ -81,27 +84,46 @@ EDITS = {
 
 
 @pytest.mark.parametrize("module, edit, first_changed", [
-    ("models", "docstring", None),
-    ("models", "comment", None),
-    ("models", "code", "train"),
-    ("generation", "code", "train"),  # imported inside a function of train
-    ("readers", "code", "prepare"),
-    ("cli", "code", None),  # no stage imports the CLI or predict
-    ("predict", "code", None),
+    ("models/builders.py", "docstring", None),
+    ("models/builders.py", "comment", None),
+    ("models/builders.py", "code", "train"),
+    ("models/layers.py", "code", "train"),  # reached through the models package's __init__
+    ("models/generation.py", "code", "train"),  # imported inside a function of the training callbacks
+    ("training/distribute/step.py", "code", "train"),  # two subpackages down
+    ("data/readers.py", "code", "prepare"),
+    ("cli.py", "code", None),  # no stage imports the CLI, predict or the public API
+    ("tools/predict.py", "code", None),
+    ("__init__.py", "code", None),
 ])
 def test_a_code_edit_reruns_only_the_stages_that_run_that_code(sentiment_files, tmp_path, module, edit,
                                                                 first_changed):
     source = shutil.copytree(cache.PACKAGE_DIR, tmp_path / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
-    path = source / f"{module}.py"
+    path = source / module
     original = path.read_text(encoding="utf-8")
     edited = EDITS[edit](original)
-    assert edited != original, f"the {edit} edit found nothing to change in {module}.py"
+    assert edited != original, f"the {edit} edit found nothing to change in {module}"
     path.write_text(edited, encoding="utf-8")
     config = load_config(None, tiny_overrides(sentiment_files, tmp_path))
     before, after = cache.stage_keys(config), cache.stage_keys(config, source)
-    first = len(cache.STAGES) if first_changed is None else cache.STAGES.index(first_changed)
-    for index, stage in enumerate(cache.STAGES):
+    first = len(NAMES) if first_changed is None else NAMES.index(first_changed)
+    for index, stage in enumerate(NAMES):
         assert (before[stage] != after[stage]) == (index >= first), stage
+
+
+def test_a_new_module_imported_by_a_stage_joins_its_key(sentiment_files, tmp_path):
+    source = shutil.copytree(cache.PACKAGE_DIR, tmp_path / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    config = load_config(None, tiny_overrides(sentiment_files, tmp_path))
+    before = cache.stage_keys(config, source)
+    (source / "data" / "normalise.py").write_text("def fold(text):\n    return text.casefold()\n")
+    assert cache.stage_keys(config, source) == before, "a module nothing imports is in no key"
+    stage = source / "stages" / "tokenization.py"
+    stage.write_text("from .. data import normalise  # noqa: F401\n" + stage.read_text(encoding="utf-8"))
+    assert "data.normalise" in cache.stage_modules("stages.tokenization", source)
+    keyed = cache.stage_keys(config, source)
+    (source / "data" / "normalise.py").write_text("def fold(text):\n    return text.lower()\n")
+    after = cache.stage_keys(config, source)
+    assert keyed["prepare"] == after["prepare"] == before["prepare"]
+    assert after["tokenize"] != keyed["tokenize"] != before["tokenize"]
 
 
 def test_a_crash_mid_write_leaves_no_finished_looking_folder(tiny_config, tmp_path, monkeypatch):
@@ -111,16 +133,16 @@ def test_a_crash_mid_write_leaves_no_finished_looking_folder(tiny_config, tmp_pa
         raise RuntimeError("crash")
     assert not final.exists() and not list(tmp_path.glob(".out.tmp-*"))
 
-    from pipeline import prepare
+    from pipeline.stages import prepare
 
     prepare.run(tiny_config, tmp_path / "work")
 
     def crash(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(tokenizer, "save", crash)  # the tokenizer is the first file tokenize writes
+    monkeypatch.setattr(subwords, "save", crash)  # the tokenizer is the first file tokenize writes
     with pytest.raises(OSError, match="disk full"):
-        tokenize.run(tiny_config, tmp_path / "work")
+        tokenization.run(tiny_config, tmp_path / "work")
     assert not stage_dir(tiny_config, tmp_path / "work", "tokenize").exists()
     assert not list((tmp_path / "work").rglob("*.tmp-*"))
 
@@ -139,12 +161,12 @@ def _run(caplog, files, tmp_path, *extra):
 
 
 def test_pipeline_run_reuses_finished_stages_and_links_their_runs(caplog, sentiment_files, tmp_path):
-    assert _run(caplog, sentiment_files, tmp_path) == dict.fromkeys(cache.STAGES, "ran")
-    assert _run(caplog, sentiment_files, tmp_path) == dict.fromkeys(cache.STAGES, "cached")
+    assert _run(caplog, sentiment_files, tmp_path) == dict.fromkeys(NAMES, "ran")
+    assert _run(caplog, sentiment_files, tmp_path) == dict.fromkeys(NAMES, "cached")
     runs = mlflow.search_runs(experiment_names=["cache"], output_format="list", order_by=["attributes.start_time"])
     first = {r.info.run_name: r for r in runs[::-1] if "cache_hit" not in r.data.tags}
     hits = [r for r in runs if r.data.tags.get("cache_hit") == "true"]
-    assert sorted(r.info.run_name for r in hits) == sorted(cache.STAGES)
+    assert sorted(r.info.run_name for r in hits) == sorted(NAMES)
     for hit in hits:
         assert hit.data.tags["cache_source_run_id"] == first[hit.info.run_name].info.run_id
         assert hit.data.tags["mlflow.parentRunId"] != first[hit.info.run_name].data.tags["mlflow.parentRunId"]
@@ -156,6 +178,6 @@ def test_pipeline_run_reuses_finished_stages_and_links_their_runs(caplog, sentim
         "prepare": "cached", "tokenize": "cached", "train": "ran", "evaluate": "ran", "export": "ran"}
     assert _run(caplog, sentiment_files, tmp_path, "--force", "train") == {
         "prepare": "cached", "tokenize": "cached", "train": "ran", "evaluate": "ran", "export": "ran"}
-    assert _run(caplog, sentiment_files, tmp_path, "--force") == dict.fromkeys(cache.STAGES, "ran")
+    assert _run(caplog, sentiment_files, tmp_path, "--force") == dict.fromkeys(NAMES, "ran")
     config = load_config(None, tiny_overrides(sentiment_files, tmp_path))
     assert all(is_finished(stage_dir(config, tmp_path / "work", s)) for s in ("prepare", "tokenize", "train"))

@@ -6,9 +6,12 @@ import numpy as np
 import pytest
 
 from pipeline import config as config_lib
-from pipeline import export, generation, models, predict, prepare, tokenize, train
+from pipeline import models
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
+from pipeline.models import generation
+from pipeline.stages import export, prepare, tokenization, train
+from pipeline.tools import predict
 
 from .conftest import lm_overrides, tiny_overrides, write_corpus
 
@@ -46,7 +49,7 @@ def test_each_cell_trains_and_exports_a_sentiment_model(cell, sentiment_files, t
     config = load_config(None, tiny_overrides(sentiment_files, tmp_path) + [
         f"model.cell={cell}", "model.layers=1", "train.epochs=1"])
     work = tmp_path / "work"
-    for stage in (prepare, tokenize):
+    for stage in (prepare, tokenization):
         stage.run(config, work)
     result = train.run(config, work)
     model = keras.saving.load_model(result.model_path)
@@ -63,7 +66,7 @@ def test_each_cell_trains_and_exports_a_language_model(cell, tmp_path):
     config = load_config(None, lm_overrides(corpus, tmp_path) + [f"model.cell={cell}", "model.layers=1",
                                                                  "train.epochs=1"])
     work = tmp_path / "work"
-    for stage in (prepare, tokenize):
+    for stage in (prepare, tokenization):
         stage.run(config, work)
     model = keras.saving.load_model(train.run(config, work).model_path)
     # The decoder carries one state per layer (h), and its step gives the full model's logits.

@@ -8,8 +8,9 @@ import mlflow
 import pytest
 from click.testing import CliRunner
 
-from pipeline import models, prepare, tokenizer
+from pipeline import models
 from pipeline.cli import main
+from pipeline.data import splits, subwords
 
 from .conftest import tiny_overrides
 
@@ -89,9 +90,9 @@ def test_per_epoch_metrics_use_the_epoch_as_step(finished_run):
     assert train.data.tags["lstm_kernel"] == ("cudnn" if models.gpu_visible() else "generic")
     # Counted again from the stage's own files: some tiny texts run past train.max_length=16 tokens.
     keys = {name: run.data.tags["stage_key"] for name, run in _by_name(runs).items() if name != "parent"}
-    texts, _ = prepare.read_examples(root / "work" / "prepare" / keys["prepare"] / "train.jsonl")
-    sp = tokenizer.load(root / "work" / "tokenize" / keys["tokenize"] / "tokenizer.model")
-    lengths = [len(ids) for ids in tokenizer.encode(sp, texts)]
+    texts, _ = splits.read_examples(root / "work" / "prepare" / keys["prepare"] / "train.jsonl")
+    sp = subwords.load(root / "work" / "tokenize" / keys["tokenize"] / "tokenizer.model")
+    lengths = [len(ids) for ids in subwords.encode(sp, texts)]
     tokenize = _by_name(runs)["tokenize"]
     assert tokenize.data.metrics["train_truncated"] == sum(n > 16 for n in lengths) > 0
     assert tokenize.data.metrics["train_tokens"] == sum(min(n, 16) for n in lengths)

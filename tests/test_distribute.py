@@ -20,10 +20,13 @@ import mlflow
 import numpy as np
 import pytest
 
-from pipeline import distribute, launch, runner
+from pipeline import runner
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
-from pipeline.workdir import stage_dir
+from pipeline.store.workdir import stage_dir
+from pipeline.tools import launch
+from pipeline.training import distribute
+from pipeline.training.distribute import step
 
 from .conftest import lm_overrides, tiny_overrides, write_corpus
 
@@ -141,7 +144,7 @@ def test_the_multi_worker_loop_scores_an_ensemble_by_its_members_mean():
     members = tf.constant([[[0.6, 0.4], [0.1, 0.9]], [[0.8, 0.2], [0.7, 0.3]]])
     targets = tf.constant([1, 0])
     per_row = tf.constant([0.5, 0.25])
-    loss_sum, correct, rows = distribute._Steps._sums(per_row, members, targets).numpy()
+    loss_sum, correct, rows = step._Steps._sums(per_row, members, targets).numpy()
     assert (loss_sum, correct, rows) == (0.75, 2.0, 2.0)
 
 

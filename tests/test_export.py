@@ -8,9 +8,11 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline import export, predict, prepare, tokenize, tokenizer, train
+from pipeline.data import subwords
 from pipeline.errors import ExportError
-from pipeline.workdir import stage_dir
+from pipeline.stages import export, prepare, tokenization, train
+from pipeline.store.workdir import stage_dir
+from pipeline.tools import predict
 
 TEXTS = ["a great and moving film", "", "caf\u00e9 na\u00efve \u65e5\u672c\u8a9e \U0001f600", "a bad , dull film",
          "great " * 40]
@@ -27,14 +29,14 @@ def exported(tmp_path_factory):
              "validation": write_label_text(root / "dev.txt", 20, 2)}
     config = load_config(None, tiny_overrides(files, root))
     work = root / "work"
-    for stage in (prepare, tokenize, train):
+    for stage in (prepare, tokenization, train):
         stage.run(config, work)
     return config, work, export.run(config, work)
 
 
 def _keras_probabilities(config, work, texts):
-    sp = tokenizer.load(stage_dir(config, work, "tokenize") / "tokenizer.model")
-    ids = tokenizer.encode(sp, texts, max_length=config.train.max_length)
+    sp = subwords.load(stage_dir(config, work, "tokenize") / "tokenizer.model")
+    ids = subwords.encode(sp, texts, max_length=config.train.max_length)
     padded = keras.utils.pad_sequences(ids, padding="post", value=0)
     model = keras.saving.load_model(stage_dir(config, work, "train") / "model.keras")
     return model.predict(padded, verbose=0)

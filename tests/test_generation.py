@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import generation, models
+from pipeline import models
+from pipeline.models import generation
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["untied", "tied"])

@@ -4,7 +4,8 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline import gradient_flow, models
+from pipeline import models
+from pipeline.tools.inspection import gradient_flow
 
 IDS = np.random.default_rng(0).integers(4, 30, size=(6, 12)).astype("int32")
 

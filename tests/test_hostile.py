@@ -26,10 +26,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import prepare, tokenize
 from pipeline.config import Config, load_config
+from pipeline.data import splits
+from pipeline.data.readers import Examples, read_local
 from pipeline.errors import ConfigError, DataError, TokenizerError
-from pipeline.readers import Examples, read_local
+from pipeline.stages import prepare, tokenization
 
 PIPELINE_DIR = Path(__file__).resolve().parent.parent / "pipeline"
 # 60 examples a property keep the file at seconds; no deadline, as a 600 000-character line on a
@@ -446,7 +447,7 @@ def test_what_a_reader_returns_goes_through_prepare_unchanged(scratch, task, rec
         assert "\n" not in str(err), str(err)
         return
     examples = read_local(path, "jsonl", task=task)
-    texts, ids = prepare.read_examples(result.output_dir / "train.jsonl")
+    texts, ids = splits.read_examples(result.output_dir / "train.jsonl")
     assert texts == examples.texts
     assert [result.labels[i] for i in ids] == ([] if task == "lm" else examples.labels)
     assert json.loads((result.output_dir / "labels.json").read_text(encoding="utf-8")) == result.labels
@@ -461,11 +462,11 @@ def test_prepared_texts_train_and_encode_with_sentencepiece(scratch, texts):
     workdir = fresh_folder(scratch / "work")
     try:
         prepared = prepare.run(config, workdir)
-        result = tokenize.run(config, workdir)
+        result = tokenization.run(config, workdir)
     except (DataError, TokenizerError) as err:
         assert "\n" not in str(err), str(err)
         return
-    arrays = tokenize.load_split(result.output_dir, "train")
+    arrays = splits.load_split(result.output_dir, "train")
     assert len(arrays["lengths"]) == len(arrays["labels"]) == prepared.counts["train"]
     assert arrays["lengths"].sum() == len(arrays["ids"]) and (arrays["lengths"] >= 1).all()
     assert ((arrays["ids"] >= 0) & (arrays["ids"] < result.vocab_size)).all()
@@ -530,4 +531,4 @@ def test_nothing_unpickles_a_file():
 def test_encoded_splits_refuse_pickled_arrays(tmp_path):
     np.savez(tmp_path / "train.npz", ids=np.array([{"x": 1}], dtype=object))
     with pytest.raises(ValueError, match="allow_pickle"):
-        tokenize.load_split(tmp_path, "train")
+        splits.load_split(tmp_path, "train")

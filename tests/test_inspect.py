@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pipeline import inspect, replay, tokenizer
 from pipeline.cli import main
 from pipeline.config import load_config
-from pipeline.workdir import stage_dir
+from pipeline.data import subwords
+from pipeline.store.workdir import stage_dir
+from pipeline.tools.inspection import inspector, replay
 
 from .conftest import lm_overrides, tiny_overrides, write_corpus, write_label_text
 
@@ -65,7 +66,7 @@ def _parent_run(root: Path, experiment: str):
 
 def _pieces(root: Path, overrides: list[str], text: str) -> list[str]:
     config = load_config(None, overrides)
-    sp = tokenizer.load(stage_dir(config, root / "work", "tokenize") / "tokenizer.model")
+    sp = subwords.load(stage_dir(config, root / "work", "tokenize") / "tokenizer.model")
     return [p.replace("▁", " ").replace("\n", "↵") for p in sp.encode(text, out_type=str)]
 
 
@@ -150,7 +151,7 @@ def test_compare_cells_refuses_cells_that_would_not_fit_before_training(tmp_path
 
 
 def test_memory_estimate_orders_the_cells_by_their_gates(tiny_config):
-    need = {cell: inspect.training_bytes(tiny_config, cell, 60) for cell in ("lstm", "gru", "simple_rnn")}
+    need = {cell: inspector.training_bytes(tiny_config, cell, 60) for cell in ("lstm", "gru", "simple_rnn")}
     assert need["simple_rnn"] < need["gru"] < need["lstm"]
 
 
@@ -166,7 +167,7 @@ def test_correlated_units_finds_a_counter_and_a_label_unit():
     cell = rng.normal(size=(6, 9, 3))
     cell[:, :, 1] = np.arange(9)  # counts positions
     cell[:, -1, 2] = labels + 0.01 * rng.normal(size=6)  # ends in the label
-    found = inspect.correlated_units([_trace(cell, np.full((6, 9, 3), 0.5), mask)], labels)
+    found = inspector.correlated_units([_trace(cell, np.full((6, 9, 3), 0.5), mask)], labels)
     assert (found["position"][0]["unit"], round(found["position"][0]["r"], 6)) == (1, 1.0)
     assert found["label"][0]["unit"] == 2 and found["label"][0]["r"] > 0.99
 
@@ -174,7 +175,7 @@ def test_correlated_units_finds_a_counter_and_a_label_unit():
 def test_saturation_counts_real_steps_only():
     mask = np.array([[True, True, True, False]])
     gate = np.array([[[0.05], [0.95], [0.5], [0.99]]])  # the padded step would count as saturated
-    stats = inspect.saturation([_trace(np.zeros((1, 4, 1)), gate, mask)])["lstm_0/forward"]
+    stats = inspector.saturation([_trace(np.zeros((1, 4, 1)), gate, mask)])["lstm_0/forward"]
     assert stats["forget_gate.below_0.1"].tolist() == pytest.approx([1 / 3])
     assert stats["forget_gate.above_0.9"].tolist() == pytest.approx([1 / 3])
 
@@ -199,6 +200,6 @@ def test_compare_cells_trains_each_cell_and_draws_their_curves(sentiment_run):
 
 
 def test_the_cell_legend_names_the_validation_figure_when_there_is_no_test_split():
-    assert inspect._headline({"test_loss": 0.3, "test_accuracy": 0.8512}) == "test_accuracy=0.851"
-    assert inspect._headline({"val_loss": 0.39, "val_accuracy": 0.8417}) == "val_accuracy=0.842"
-    assert inspect._headline({"val_bits_per_char": 2.4567}) == "val_bits_per_char=2.457"
+    assert inspector._headline({"test_loss": 0.3, "test_accuracy": 0.8512}) == "test_accuracy=0.851"
+    assert inspector._headline({"val_loss": 0.39, "val_accuracy": 0.8417}) == "val_accuracy=0.842"
+    assert inspector._headline({"val_bits_per_char": 2.4567}) == "val_bits_per_char=2.457"

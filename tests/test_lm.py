@@ -13,11 +13,15 @@ import pytest
 import tensorflow_datasets as tfds
 from click.testing import CliRunner
 
-from pipeline import evaluate, generation, models, prepare, tokenize, tokenizer, train
+from pipeline import models
 from pipeline.cli import main
 from pipeline.config import load_config
+from pipeline.data import splits, subwords
 from pipeline.errors import DataError
-from pipeline.workdir import stage_dir
+from pipeline.models import generation
+from pipeline.stages import evaluate, prepare, tokenization, train
+from pipeline.store.workdir import stage_dir
+from pipeline.training import callbacks
 
 from .conftest import PRESETS_DIR, assert_stage_and_export_score_alike, lm_overrides, write_corpus
 
@@ -28,7 +32,7 @@ def test_carved_splits_are_contiguous_tail_chunks(tmp_path):
     corpus = write_corpus(tmp_path / "corpus.txt")
     config = load_config(None, lm_overrides(corpus, tmp_path))
     prepare.run(config, tmp_path / "work")
-    parts = [prepare.read_examples(stage_dir(config, tmp_path / "work", "prepare") / f"{s}.jsonl")[0][0]
+    parts = [splits.read_examples(stage_dir(config, tmp_path / "work", "prepare") / f"{s}.jsonl")[0][0]
              for s in ("train", "validation", "test")]
     assert "\n".join([corpus.read_text()]) == "".join(parts)
     assert abs(len(parts[2]) - 0.1 * len(corpus.read_text())) <= 1
@@ -38,8 +42,8 @@ def test_tokenizer_is_lossless_for_language_models(tmp_path):
     corpus = write_corpus(tmp_path / "corpus.txt")
     config = load_config(None, lm_overrides(corpus, tmp_path))
     prepare.run(config, tmp_path / "work")
-    tokenize.run(config, tmp_path / "work")
-    sp = tokenizer.load(stage_dir(config, tmp_path / "work", "tokenize") / "tokenizer.model")
+    tokenization.run(config, tmp_path / "work")
+    sp = subwords.load(stage_dir(config, tmp_path / "work", "tokenize") / "tokenizer.model")
     text = "ROMEO:\nthe  night.\n\n  sweet day.\n"
     assert sp.decode(sp.encode(text)) == text
 
@@ -75,10 +79,9 @@ def test_bits_per_char_matches_a_hand_computation():
 def test_text_shorter_than_a_window_is_a_clear_error(tmp_path):
     corpus = write_corpus(tmp_path / "corpus.txt", lines=3)
     config = load_config(None, lm_overrides(corpus, tmp_path) + ["train.sequence_length=400"])
-    from pipeline import train
 
     prepare.run(config, tmp_path / "work")
-    tokenize.run(config, tmp_path / "work")
+    tokenization.run(config, tmp_path / "work")
     with pytest.raises(DataError, match="fewer than one window of train.sequence_length"):
         train.run(config, tmp_path / "work")
     assert not stage_dir(config, tmp_path / "work", "train").exists()
@@ -127,7 +130,7 @@ def test_export_generates_the_same_text_in_a_fresh_process(lm_run):
     root, _, _ = lm_run
     work, export_dir = root / "work", root / "models" / "tinylm-lstm-2x16" / "1"
     config = load_config(None, lm_overrides(root / "corpus.txt", root))
-    sp = tokenizer.load(stage_dir(config, work, "tokenize") / "tokenizer.model")
+    sp = subwords.load(stage_dir(config, work, "tokenize") / "tokenizer.model")
     model = keras.saving.load_model(stage_dir(config, work, "train") / "model.keras")
     generator = generation.Generator(generation.build_decoder(model))
     expected = generation.generate_text(generator, sp, ["ROMEO:", ""], max_tokens=15, temperature=0.9, top_k=5, seed=4)
@@ -185,7 +188,7 @@ def test_real_tfds_builder_prepares_offline_from_the_placed_file(tmp_path):
 
 def test_validation_bits_per_char_counts_the_split_characters_not_its_tokens():
     logs = {"val_loss": 2 * math.log(2)}  # 2 bits a token
-    train.BitsPerCharacter(tokens=30, characters=60).on_epoch_end(0, logs)
+    callbacks.BitsPerCharacter(tokens=30, characters=60).on_epoch_end(0, logs)
     assert logs["val_bits_per_char"] == pytest.approx(1.0)  # 60 bits over 60 characters
     assert logs["val_perplexity"] == pytest.approx(4.0)
     assert logs["val_loss"] == 2 * math.log(2)

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 from mlflow.exceptions import MlflowException
 
-from pipeline.mlflow_model import GENERATION_DEFAULTS, generation_settings, strings
+from pipeline.tracking.pyfunc import GENERATION_DEFAULTS, generation_settings, strings
 
 
 def test_strings_keeps_empty_and_non_ascii_texts():

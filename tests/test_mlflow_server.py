@@ -116,7 +116,7 @@ def test_artifacts_go_through_the_server(logged_runs, tmp_path):
 
 
 def test_saved_model_from_the_server_classifies_like_the_export(logged_runs, tmp_path):
-    from pipeline import predict
+    from pipeline.tools import predict
 
     parent = logged_runs.parents[UNITS[0]]
     export_run = next(r for r in logged_runs.runs
@@ -136,7 +136,7 @@ def _invoke(url: str, payload: dict) -> list[dict]:
 
 
 def test_registered_sentiment_model_is_served_from_raw_text(logged_runs, tmp_path):
-    from pipeline import predict
+    from pipeline.tools import predict
 
     client = mlflow.MlflowClient(tracking_uri=logged_runs.server.url)
     version = client.get_model_version(SENTIMENT_MODEL, "1")
@@ -157,7 +157,7 @@ def test_registered_sentiment_model_is_served_from_raw_text(logged_runs, tmp_pat
 
 
 def test_registered_language_model_is_served_from_raw_prompts(mlflow_server, tmp_path):
-    from pipeline import predict
+    from pipeline.tools import predict
 
     corpus = write_corpus(tmp_path / "corpus.txt")
     overrides = [*lm_overrides(corpus, tmp_path), f"export.register_as={LM_MODEL}"]

@@ -4,6 +4,7 @@ import pytest
 
 from pipeline import models
 from pipeline.config import load_config
+from pipeline.training import recipe
 
 from .conftest import PRESETS_DIR
 
@@ -156,17 +157,16 @@ def test_token_dropout_drops_whole_tokens():
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.2])
 def test_label_smoothing_targets_one_minus_s_on_the_label_and_s_over_all_classes(smoothing):
-    from pipeline import train
 
     probs = np.array([[0.7, 0.2, 0.1], [0.25, 0.5, 0.25]], dtype="float32")
     labels = np.array([0, 2])
     target = np.eye(3)[labels] * (1 - smoothing) + smoothing / 3
     expected = -(target * np.log(probs)).sum(axis=1)
     config = load_config(None, [f"train.label_smoothing={smoothing}"])
-    np.testing.assert_allclose(train.training_loss(config, reduction=None)(labels, probs), expected, rtol=1e-6)
+    np.testing.assert_allclose(recipe.training_loss(config, reduction=None)(labels, probs), expected, rtol=1e-6)
     # An ensemble's members, [batch, members, classes], each get the same smoothed target.
     members = np.stack([probs, probs[::-1]], axis=1)
     other = -(target * np.log(probs[::-1])).sum(axis=1)
     ensemble = load_config(None, [f"train.label_smoothing={smoothing}", "model.ensemble=2"])
-    np.testing.assert_allclose(train.training_loss(ensemble, reduction=None)(labels, members),
+    np.testing.assert_allclose(recipe.training_loss(ensemble, reduction=None)(labels, members),
                                (expected + other) / 2, rtol=1e-6)

@@ -2,10 +2,11 @@ import json
 
 import pytest
 
-from pipeline import prepare
 from pipeline.config import load_config
+from pipeline.data import splits
 from pipeline.errors import DataError
-from pipeline.workdir import stage_dir
+from pipeline.stages import prepare
+from pipeline.store.workdir import stage_dir
 
 from .conftest import tiny_overrides
 
@@ -19,7 +20,7 @@ def test_prepare_writes_splits_labels_and_stats(tiny_config, tmp_path):
     # Carved stratified: the 50/50 balance of train survives in the carved test split.
     assert stats["test"]["class_balance"] == {"0": 8, "1": 8}
     assert (out / "DONE").is_file()
-    texts, labels = prepare.read_examples(out / "train.jsonl")
+    texts, labels = splits.read_examples(out / "train.jsonl")
     assert len(texts) == 64 and set(labels) == {0, 1}
 
 
@@ -80,7 +81,7 @@ def test_validation_with_only_some_training_classes_is_reported(tmp_path, caplog
     (tmp_path / "sst2-dev.txt").write_text("0 a dull film\n1 a fine film\n")
     config = load_config(None, ["data.tfds=null", f"data.train={tmp_path / 'trec.txt'}",
                                 f"data.validation={tmp_path / 'sst2-dev.txt'}", "data.test=null"])
-    with caplog.at_level("WARNING", logger="pipeline.prepare"):
+    with caplog.at_level("WARNING", logger="pipeline.stages.prepare"):
         prepare.run(config, tmp_path / "work")
     (message,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert "sst2-dev.txt: split validation has 2 of the 6 training classes (missing: 2, 3, 4, 5)" in message
@@ -107,5 +108,5 @@ def test_detected_encoding_is_recorded_in_stats(sentiment_files, tmp_path):
     (encoding,) = stats["encodings"]["train"]
     assert encoding != "utf-8"
     assert stats["encodings"]["validation"] == {"utf-8": 1}
-    texts = [t for name in ("train", "test") for t in prepare.read_examples(result.output_dir / f"{name}.jsonl")[0]]
+    texts = [t for name in ("train", "test") for t in splits.read_examples(result.output_dir / f"{name}.jsonl")[0]]
     assert sorted(texts) == sorted(line.split(" ", 1)[1].rstrip("\n") for line in lines)

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
+from pipeline.data.readers import read_local
 from pipeline.errors import DataError
-from pipeline.readers import read_local
 
 
 def test_label_text(tmp_path):

@@ -4,7 +4,8 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline import models, replay
+from pipeline import models
+from pipeline.tools.inspection import replay
 
 # Right-padded, BOS (2) first, rows of different lengths: the mask matters in both directions.
 IDS = np.array([[2, 5, 9, 4, 7, 3, 8, 6],

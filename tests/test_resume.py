@@ -20,11 +20,13 @@ import mlflow
 import numpy as np
 import pytest
 
-from pipeline import models, prepare, runner, tokenize, tracking, train
-from pipeline.cache import STAGES
+from pipeline import models, runner, tracking
 from pipeline.config import load_config
 from pipeline.errors import TrainingError
-from pipeline.workdir import stage_dir
+from pipeline.stages import prepare, tokenization, train
+from pipeline.store.cache import STAGES
+from pipeline.store.workdir import stage_dir
+from pipeline.training import batches, callbacks
 
 from .conftest import lm_overrides, tiny_overrides, write_corpus, write_label_text
 
@@ -88,12 +90,12 @@ def test_kill_9_then_same_command_resumes_into_the_same_run_with_identical_weigh
     assert killed.returncode == -signal.SIGKILL
     # Sampling can't be seeded alike in two processes: the uninterrupted run below gets the killed
     # run's segmentations, as if it had drawn them itself.
-    segmentations = partial / train.SEGMENTATIONS
+    segmentations = partial / batches.SEGMENTATIONS
     assert segmentations.is_file() == bool(extra)
     if extra:
         straight_partial = train.partial_dir(config, tmp_path / "straight")
         straight_partial.mkdir(parents=True)
-        shutil.copy(segmentations, straight_partial / train.SEGMENTATIONS)
+        shutil.copy(segmentations, straight_partial / batches.SEGMENTATIONS)
     assert [r.info.status for r in _runs(uri) if r.info.run_name == "train"
             and r.data.params["train.epochs"] == "3"] == ["RUNNING"]
 
@@ -159,10 +161,10 @@ def test_nan_loss_fails_the_run_with_a_clear_error(tiny_config, tmp_path, monkey
         return keras.Model(model.inputs, keras.layers.Lambda(lambda p: p * float("nan"))(model.outputs[0]))
 
     monkeypatch.setattr(models, "build_model", diverging)
-    for stage in (prepare, tokenize):
+    for stage in (prepare, tokenization):
         stage.run(tiny_config, tmp_path / "work")
     tracking.configure(None, "nan")
-    with pytest.raises(TrainingError, match=r"training loss became nan in epoch 0.*Lower train.learning_rate"):
+    with pytest.raises(TrainingError, match=r"training loss became nan in epoch 0.*Lower recipe.learning_rate"):
         runner.run_stage("train", tiny_config, tmp_path / "work")
     run = mlflow.search_runs(output_format="list", filter_string="attributes.run_name = 'train'")[0]
     assert run.info.status == "FAILED"
@@ -175,7 +177,7 @@ def test_two_deterministic_trainings_give_identical_weights_and_metrics(sentimen
     config = load_config(None, overrides)
     results = []
     for name in ("a", "b"):
-        for stage in (prepare, tokenize, train):
+        for stage in (prepare, tokenization, train):
             result = stage.run(config, tmp_path / name)
         results.append(result)
     assert results[0].best_metrics == results[1].best_metrics
@@ -212,14 +214,14 @@ def test_a_changed_text_file_says_the_interrupted_training_cannot_be_resumed(tmp
         def on_epoch_end(self, epoch, logs=None):
             raise Killed
 
-    for stage in (prepare, tokenize):
+    for stage in (prepare, tokenization):
         stage.run(config, work)
-    token = train.extra_callbacks.set((KillAfterOneEpoch,))
+    token = callbacks.extra_callbacks.set((KillAfterOneEpoch,))
     try:
         with pytest.raises(Killed):
             train.run(config, work)
     finally:
-        train.extra_callbacks.reset(token)
+        callbacks.extra_callbacks.reset(token)
     interrupted = train.partial_dir(config, work)
     assert (interrupted / "epoch-001").is_dir()
 

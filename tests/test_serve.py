@@ -71,7 +71,7 @@ def served(exported, tmp_path_factory) -> Iterator[Served]:  # noqa: F811  pytes
 
 
 def test_raw_texts_get_labels_and_probabilities(served):
-    from pipeline import predict
+    from pipeline.tools import predict
 
     status, answer = post(served.url, texts_body(TEXTS))
     assert status == 200, answer

@@ -7,7 +7,7 @@ import pytest
 
 from pipeline import runner
 from pipeline.config import load_config
-from pipeline.workdir import stage_dir
+from pipeline.store.workdir import stage_dir
 
 from .conftest import PRESETS_DIR
 
@@ -24,7 +24,7 @@ def test_sst2_local_preset(tmp_path, monkeypatch):
     config = load_config(PRESETS_DIR / "sst2_local.yaml", [f"export.dir={tmp_path / 'models'}"])
     results = runner.run_all(config, tmp_path / "work")
     # The preset has no test split: evaluate scores the dev sentences, its validation split, under val_*
-    # names. Measured 0.843-0.857 over seeds 42, 1, 2 (README); this guards against regressions, not noise.
+    # names. Measured 0.843-0.857 over seeds 42, 1, 2 (docs/results.md); this guards against regressions, not noise.
     assert "test_accuracy" not in results["evaluate"].metrics
     assert results["evaluate"].metrics["val_accuracy"] >= 0.83
 

@@ -16,11 +16,14 @@ import pytest
 import tensorflow as tf
 from click.testing import CliRunner
 
-from pipeline import data, evaluate, models, prepare, stateful, tokenize, train
+from pipeline import models
 from pipeline.cli import main
 from pipeline.config import load_config
+from pipeline.data import inputs
 from pipeline.errors import ConfigError, DataError
-from pipeline.workdir import stage_dir
+from pipeline.models import stateful
+from pipeline.stages import evaluate, prepare, tokenization, train
+from pipeline.store.workdir import stage_dir
 
 from .conftest import assert_stage_and_export_score_alike, lm_overrides, tiny_overrides, write_corpus
 
@@ -40,19 +43,19 @@ def _token_nats(model: keras.Model, ids: np.ndarray) -> np.ndarray:
 
 def test_stream_batches_continue_row_by_row_and_depend_only_on_seed_and_epoch():
     stream = np.arange(500, dtype=np.int32)
-    batches = list(data.lm_stream_dataset(stream, 5, 4, seed=3, epochs=range(3)).as_numpy_iterator())
-    per_epoch = data.lm_stream_count(500, 5, 4)
+    batches = list(inputs.lm_stream_dataset(stream, 5, 4, seed=3, epochs=range(3)).as_numpy_iterator())
+    per_epoch = inputs.lm_stream_count(500, 5, 4)
     assert per_epoch == 24 and len(batches) == 3 * per_epoch
     for epoch in range(3):
         first = batches[epoch * per_epoch]
         for k in range(1, per_epoch):
-            inputs, targets = batches[epoch * per_epoch + k]
-            np.testing.assert_array_equal(inputs, first[0] + 5 * k)  # row r goes on where it stopped
-            np.testing.assert_array_equal(targets, inputs + 1)
+            x, targets = batches[epoch * per_epoch + k]
+            np.testing.assert_array_equal(x, first[0] + 5 * k)  # row r goes on where it stopped
+            np.testing.assert_array_equal(targets, x + 1)
         assert np.all(np.diff(first[0][:, 0]) == 5 * per_epoch), "rows are contiguous streams, one after another"
     offsets = [int(batches[e * per_epoch][0][0, 0]) for e in range(3)]
     assert len(set(offsets)) > 1 and all(0 <= o < 5 for o in offsets), offsets
-    resumed = list(data.lm_stream_dataset(stream, 5, 4, seed=3, epochs=range(2, 3)).as_numpy_iterator())
+    resumed = list(inputs.lm_stream_dataset(stream, 5, 4, seed=3, epochs=range(2, 3)).as_numpy_iterator())
     for a, b in zip(resumed, batches[2 * per_epoch:], strict=True):
         np.testing.assert_array_equal(a[0], b[0])
 
@@ -61,7 +64,7 @@ def test_carried_state_loss_equals_reading_the_windows_as_one_sequence():
     model = _tiny_lm()
     carrier = stateful.with_carried_state(model, 4)
     stream = np.random.default_rng(0).integers(1, 30, size=200).astype(np.int32)
-    (x0, y0), (x1, y1) = list(data.lm_stream_dataset(stream, 6, 4, seed=1).take(2).as_numpy_iterator())
+    (x0, y0), (x1, y1) = list(inputs.lm_stream_dataset(stream, 6, 4, seed=1).take(2).as_numpy_iterator())
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     carrier(x0, training=False)
     carried = float(loss(y1, carrier(x1, training=False)))
@@ -164,7 +167,7 @@ def test_stateful_refuses_what_it_cannot_do(tmp_path, sentiment_files):
         load_config(None, [*lm_overrides(corpus, tmp_path), "train.stateful=true", "train.distribute=mirrored"])
     config = load_config(None, [*lm_overrides(corpus, tmp_path), "train.stateful=true", "train.batch_size=512"])
     prepare.run(config, tmp_path / "work")
-    tokenize.run(config, tmp_path / "work")
+    tokenization.run(config, tmp_path / "work")
     with pytest.raises(DataError, match=r"fewer than train.batch_size=512 streams of one window"):
         train.run(config, tmp_path / "work")
 
@@ -183,7 +186,7 @@ def test_kill_9_mid_epoch_then_resume_ends_as_an_uninterrupted_stateful_run(tmp_
         return args
 
     for work in ("work", "straight"):
-        for stage in (prepare, tokenize):
+        for stage in (prepare, tokenization):
             stage.run(config, tmp_path / work)
     partial = train.partial_dir(config, tmp_path / "work")
     process = subprocess.Popen(command("work"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -11,10 +11,13 @@ import numpy as np
 import pytest
 
 from pipeline import config as config_lib
-from pipeline import prepare, runner, tokenize, tokenizer, tracking, train
+from pipeline import runner, tracking
 from pipeline.config import load_config
+from pipeline.data import splits, subwords
 from pipeline.errors import ConfigError
-from pipeline.workdir import stage_dir
+from pipeline.stages import prepare, tokenization, train
+from pipeline.store.workdir import stage_dir
+from pipeline.training import batches
 
 from . import test_resume
 from .conftest import tiny_overrides
@@ -25,7 +28,7 @@ SAMPLING = [*test_resume.SAMPLING, "train.max_length=200"]
 
 def _prepared(config, work):
     prepare.run(config, work)
-    tokenize.run(config, work)
+    tokenization.run(config, work)
     return stage_dir(config, work, "tokenize"), stage_dir(config, work, "prepare")
 
 
@@ -70,21 +73,21 @@ def test_each_epoch_reads_a_sampled_segmentation_of_the_same_texts(sentiment_fil
     config = load_config(None, [*tiny_overrides(sentiment_files, tmp_path), *SAMPLING, "train.epochs=3"])
     tokenized, prepared = _prepared(config, tmp_path / "work")
     partial = train.partial_dir(config, tmp_path / "work")
-    sampled = train.sampled_segmentations(config, tokenized, prepared, partial, 0.3)
-    best = tokenize.load_split(tokenized, "train")
-    sp = tokenizer.load(tokenized / "tokenizer.model")
+    sampled = batches.sampled_segmentations(config, tokenized, prepared, partial, 0.3)
+    best = splits.load_split(tokenized, "train")
+    sp = subwords.load(tokenized / "tokenizer.model")
     texts = [sp.decode(row[1:]) for row in _rows(best)]
     epochs = [_rows(arrays) for arrays in sampled]
     assert len(epochs) == 3
     for rows in epochs:
-        assert all(row[0] == tokenizer.BOS_ID and len(row) <= config.train.max_length for row in rows)
+        assert all(row[0] == subwords.BOS_ID and len(row) <= config.train.max_length for row in rows)
         assert [sp.decode(row[1:]) for row in rows] == texts
         assert sum(map(len, rows)) > best["lengths"].sum(), "dropped merges give more, shorter pieces"
     assert epochs[0] != epochs[1] != epochs[2]
 
     # Drawn once: a resumed training reads the same segmentations back from the partial folder.
-    assert (partial / train.SEGMENTATIONS).is_file()
-    again = train.sampled_segmentations(config, tokenized, prepared, partial, 0.3)
+    assert (partial / batches.SEGMENTATIONS).is_file()
+    again = batches.sampled_segmentations(config, tokenized, prepared, partial, 0.3)
     for a, b in zip(sampled, again, strict=True):
         np.testing.assert_array_equal(a["ids"], b["ids"])
         np.testing.assert_array_equal(a["lengths"], b["lengths"])
@@ -94,22 +97,22 @@ def test_the_batches_of_an_epoch_are_that_epochs_segmentation_with_the_labels(se
     config = load_config(None, [*tiny_overrides(sentiment_files, tmp_path), *SAMPLING, "train.epochs=2"])
     tokenized, prepared = _prepared(config, tmp_path / "work")
     partial = train.partial_dir(config, tmp_path / "work")
-    sampled = train.sampled_segmentations(config, tokenized, prepared, partial, 0.3)
-    labels = tokenize.load_split(tokenized, "train")["labels"]
-    train_ds, _, extra = train.datasets(config, tokenized, prepared, 0, sampled)
-    batches = list(train_ds.as_numpy_iterator())
+    sampled = batches.sampled_segmentations(config, tokenized, prepared, partial, 0.3)
+    labels = splits.load_split(tokenized, "train")["labels"]
+    train_ds, _, extra = batches.datasets(config, tokenized, prepared, 0, sampled)
+    seen_batches = list(train_ds.as_numpy_iterator())
     per_epoch = extra["steps_per_epoch"]
-    assert len(batches) == 2 * per_epoch
+    assert len(seen_batches) == 2 * per_epoch
     for epoch in range(2):
         seen = Counter((tuple(int(t) for t in row if t), int(label))
-                       for ids, batch_labels in batches[epoch * per_epoch:(epoch + 1) * per_epoch]
+                       for ids, batch_labels in seen_batches[epoch * per_epoch:(epoch + 1) * per_epoch]
                        for row, label in zip(ids, batch_labels, strict=True))
         assert seen == Counter(zip(_rows(sampled[epoch]), labels.tolist(), strict=True))
     assert extra["sampled_token_ratio"] > 1
 
     # A training resumed at epoch 1 gets epoch 1's segmentation.
-    resumed, _, _ = train.datasets(config, tokenized, prepared, 1, sampled)
-    for a, b in zip(resumed.as_numpy_iterator(), batches[per_epoch:], strict=True):
+    resumed, _, _ = batches.datasets(config, tokenized, prepared, 1, sampled)
+    for a, b in zip(resumed.as_numpy_iterator(), seen_batches[per_epoch:], strict=True):
         np.testing.assert_array_equal(a[0], b[0])
 
 
@@ -120,10 +123,10 @@ def test_a_forced_training_draws_its_segmentations_afresh(sentiment_files, tmp_p
     # Left by a training killed in its first epoch: segmentations, no checkpoint. Each row BOS alone.
     partial = train.partial_dir(config, work)
     partial.mkdir(parents=True)
-    count = len(tokenize.load_split(tokenized, "train")["lengths"])
-    np.savez(partial / train.SEGMENTATIONS, **{f"{key}_{e}": np.full(count, value, np.int32)
+    count = len(splits.load_split(tokenized, "train")["lengths"])
+    np.savez(partial / batches.SEGMENTATIONS, **{f"{key}_{e}": np.full(count, value, np.int32)
                                                 for e in range(config.train.epochs)
-                                                for key, value in (("ids", tokenizer.BOS_ID), ("lengths", 1))})
+                                                for key, value in (("ids", subwords.BOS_ID), ("lengths", 1))})
     mlflow.set_experiment("sampling")
     with tracking.start_run("forced"):
         runner.run_stage("train", config, work, force=True)

@@ -19,11 +19,13 @@ import pytest
 from click.testing import CliRunner
 from optuna.trial import TrialState
 
-from pipeline import sweep, train
 from pipeline.cli import main
 from pipeline.config import load_config, with_values
 from pipeline.errors import SweepError
-from pipeline.workdir import is_finished, producer, stage_dir
+from pipeline.stages import train
+from pipeline.store.workdir import is_finished, producer, stage_dir
+from pipeline.tools import sweep
+from pipeline.tools.sweep import trials
 
 from .conftest import PRESETS_DIR, tiny_overrides, write_label_text
 
@@ -36,7 +38,7 @@ sampler: random
 pruner: none
 params:
   model.dropout: {float: [0.0, 0.5]}
-  train.learning_rate: {float: [1.0e-3, 3.0e-2], log: true}
+  recipe.learning_rate: {float: [1.0e-3, 3.0e-2], log: true}
 """
 
 
@@ -118,7 +120,7 @@ def test_the_table_lists_the_trials_best_first_and_ends_with_the_run_line(four_t
     study = _study(root)
     lines = result.output.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("trial "))
-    assert lines[header].split() == ["trial", "state", "model.dropout", "train.learning_rate", "val_loss",
+    assert lines[header].split() == ["trial", "state", "model.dropout", "recipe.learning_rate", "val_loss",
                                      "test_accuracy", "duration"]
     rows = [line.split() for line in lines[header + 1:header + 5]]
     by_value = sorted(study.get_trials(), key=lambda t: t.value)
@@ -168,12 +170,12 @@ objective: {metric: val_loss, direction: minimize}
 sampler: random
 pruner: {median: {startup_trials: 1, warmup_epochs: 0}}
 params:
-  train.learning_rate: {float: [1.0e-6, 5.0e-2], log: true}
+  recipe.learning_rate: {float: [1.0e-6, 5.0e-2], log: true}
 """
     args = _sweep_args(tmp_path, overrides, space, trials=2)
     study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}", direction="minimize")
-    study.enqueue_trial({"train.learning_rate": 0.03})  # learns in its first epoch
-    study.enqueue_trial({"train.learning_rate": 1e-6})  # barely moves: worse than the first at epoch 0
+    study.enqueue_trial({"recipe.learning_rate": 0.03})  # learns in its first epoch
+    study.enqueue_trial({"recipe.learning_rate": 1e-6})  # barely moves: worse than the first at epoch 0
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
 
@@ -333,12 +335,12 @@ def test_a_trial_asked_for_after_the_study_filled_up_is_given_back(tiny_config, 
     (tmp_path / "space.yaml").write_text(RANDOM_SPACE)
     space = sweep.load_space(tmp_path / "space.yaml", tiny_config)
     study = sweep.open_study("s", storage, space, tiny_config)
-    assert sweep._ask(study, space, trials=1) is not None
+    assert trials._ask(study, space, trials=1) is not None
     # Another process counted the trials before that one existed, and asks now.
     stale = [[]]
     real = study.get_trials
     monkeypatch.setattr(study, "get_trials", lambda **kwargs: stale.pop() if stale else real(**kwargs))
-    assert sweep._ask(study, space, trials=1) is None
+    assert trials._ask(study, space, trials=1) is None
     first, second = real()
     assert first.state == TrialState.RUNNING
     assert second.state == TrialState.FAIL and second.user_attrs[sweep.LOST] == sweep.SURPLUS

@@ -4,10 +4,12 @@ import json
 
 import pytest
 
-from pipeline import cache, prepare, synthetic, tokenize, train
 from pipeline.config import load_config
+from pipeline.data import synthetic
 from pipeline.errors import ConfigError
-from pipeline.workdir import stage_dir
+from pipeline.stages import prepare, tokenization, train
+from pipeline.store import cache
+from pipeline.store.workdir import stage_dir
 
 from .conftest import PRESETS_DIR
 
@@ -51,11 +53,11 @@ def test_synthetic_keys_are_checked_and_keyed(tmp_path):
 
 def test_an_lstm_learns_the_task_at_small_length(tmp_path):
     config = load_config(LONG_RANGE, ["data.synthetic_length=10", "data.synthetic_examples=1000", "train.epochs=6",
-                                      "model.units=16", "train.learning_rate=0.01", f"export.dir={tmp_path}"])
+                                      "model.units=16", "recipe.learning_rate=0.01", f"export.dir={tmp_path}"])
     work = tmp_path / "work"
     counts = prepare.run(config, work).counts
     assert counts == {"train": 800, "validation": 100, "test": 100}
-    tokenize.run(config, work)
+    tokenization.run(config, work)
     stats = json.loads((stage_dir(config, work, "tokenize") / "stats.json").read_text())
     assert stats["vocab_size"] == 14 and stats["train"]["unknown_tokens"] == 0  # 4 reserved ids, 2 keys, 8 others
     result = train.run(config, work)

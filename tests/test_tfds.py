@@ -8,10 +8,10 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from pipeline import prepare
 from pipeline.config import load_config
+from pipeline.data.readers import read_tfds
 from pipeline.errors import DataError
-from pipeline.readers import read_tfds
+from pipeline.stages import prepare
 
 from .conftest import PRESETS_DIR
 

@@ -3,7 +3,7 @@ import sys
 
 import mlflow
 
-from pipeline import tracking
+from pipeline.tracking import client
 
 # Each process imports the tracking module, then waits for the others to have done so, so that
 # all of them touch the new store at once.
@@ -33,7 +33,7 @@ def test_runs_started_together_on_a_new_sqlite_store_all_get_it(tmp_path):
 
 def test_the_lock_sits_beside_the_database_sqlite_opens(tmp_path):
     # MLflow percent-encodes its default URI; SQLite opens the decoded path, so the lock goes there.
-    with tracking._creation_lock(f"sqlite:///{tmp_path}/sp%20ace/mlflow.db"):
+    with client._creation_lock(f"sqlite:///{tmp_path}/sp%20ace/mlflow.db"):
         pass
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sp ace"]
     assert (tmp_path / "sp ace" / "mlflow.db.lock").is_file()

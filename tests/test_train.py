@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import checkpoints, models, prepare, tokenize, tracking, train
+from pipeline import models, tracking
 from pipeline.config import load_config
-from pipeline.workdir import stage_dir
+from pipeline.stages import prepare, tokenization, train
+from pipeline.store.workdir import stage_dir
+from pipeline.training import batches, checkpoints, recipe
 
 from .conftest import tiny_overrides
 
@@ -22,7 +24,7 @@ def float32_afterwards():
 
 def test_mixed_precision_on_trains_in_float16_with_a_float32_output(tiny_config, float32_afterwards):
     config = load_config(None, ["train.mixed_precision=on"])
-    train.setup_runtime(config)
+    recipe.setup_runtime(config)
     model = models.build_sentiment_lstm(40, 3, units=8, embedding_dim=8, layers=2)
     assert model.get_layer("bidirectional_0").compute_dtype == "float16"
     assert model.get_layer("classifier").compute_dtype == "float32"
@@ -35,13 +37,13 @@ def test_mixed_precision_on_trains_in_float16_with_a_float32_output(tiny_config,
 
 
 def test_mixed_precision_auto_is_float32_without_a_gpu(float32_afterwards):
-    train.setup_runtime(load_config(None, ["train.mixed_precision=auto"]))
+    recipe.setup_runtime(load_config(None, ["train.mixed_precision=auto"]))
     expected = "mixed_float16" if models.gpu_visible() else "float32"
     assert keras.mixed_precision.global_policy().name == expected
 
 
 def test_training_writes_model_history_and_kernel_report(tiny_config, tmp_path):
-    for stage in (prepare, tokenize, train):
+    for stage in (prepare, tokenization, train):
         stage.run(tiny_config, tmp_path / "work")
     out = stage_dir(tiny_config, tmp_path / "work", "train")
     summary = json.loads((out / "summary.json").read_text())
@@ -53,14 +55,14 @@ def test_training_writes_model_history_and_kernel_report(tiny_config, tmp_path):
 
 def test_an_ensemble_trains_its_members_apart_and_saves_their_mean(sentiment_files, tmp_path):
     config = load_config(None, tiny_overrides(sentiment_files, tmp_path) + ["model.ensemble=2", "train.epochs=1"])
-    for stage in (prepare, tokenize):
+    for stage in (prepare, tokenization):
         stage.run(config, tmp_path / "work")
     result = train.run(config, tmp_path / "work")
     saved = keras.saving.load_model(result.model_path, safe_mode=True)
     assert saved.output_shape == (None, 2)  # the members' mean, not the stack fit trained
     # The saved weights are the trained ones: the figure validation logged is the saved model's own.
     work = tmp_path / "work"
-    _, val_ds, _ = train.datasets(config, stage_dir(config, work, "tokenize"), stage_dir(config, work, "prepare"), 0)
+    _, val_ds, _ = batches.datasets(config, stage_dir(config, work, "tokenize"), stage_dir(config, work, "prepare"), 0)
     saved.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     assert saved.evaluate(val_ds, verbose=0, return_dict=True)["accuracy"] == result.best_metrics["val_accuracy"]
 
@@ -69,7 +71,7 @@ def test_recurrent_dropout_is_reported_with_its_cost(sentiment_files, tmp_path, 
     config = load_config(None, tiny_overrides(sentiment_files, tmp_path) + ["model.recurrent_dropout=0.2",
                                                                             "train.epochs=1"])
     prepare.run(config, tmp_path / "work")
-    tokenize.run(config, tmp_path / "work")
+    tokenization.run(config, tmp_path / "work")
     mlflow.set_experiment("kernel-report")
     with caplog.at_level(logging.WARNING), tracking.start_run("train"):
         train.run(config, tmp_path / "work")
@@ -109,10 +111,10 @@ def test_weight_averaging_validates_the_average_and_checkpoints_the_trained_weig
 def test_weight_decay_shrinks_every_weight_by_rate_times_decay_a_step(decay):
     # Token 7 is in no batch: its embedding row has no gradient, so Adam leaves it alone and only the
     # decay moves it, by learning_rate * weight_decay of itself.
-    config = load_config(None, ["train.learning_rate=0.01", f"train.weight_decay={decay}", "model.units=4",
+    config = load_config(None, ["recipe.learning_rate=0.01", f"train.weight_decay={decay}", "model.units=4",
                                 "model.embedding_dim=4", "model.layers=1"])
     keras.utils.set_random_seed(0)
-    model = train._compiled_model(config, tf.distribute.get_strategy(), 10, 2, None, None, steps_per_epoch=5)
+    model = recipe.compiled_model(config, tf.distribute.get_strategy(), 10, 2, None, None, steps_per_epoch=5)
     embedding = next(w for w in model.weights if "embedding" in w.path)
     before = np.array(embedding.numpy()[7])
     model.train_on_batch(np.array([[2, 3, 4, 0], [2, 5, 6, 0]], "int32"), np.array([0, 1]))

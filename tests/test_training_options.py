@@ -12,11 +12,15 @@ import mlflow
 import numpy as np
 import pytest
 
-from pipeline import cache, embeddings, evaluate, prepare, tokenize, tokenizer, tracking, train
+from pipeline import tracking
 from pipeline.config import load_config, monitor_mode
+from pipeline.data import subwords, vectors
+from pipeline.data.readers import read_local
 from pipeline.errors import ConfigError, DataError
-from pipeline.readers import read_local
-from pipeline.workdir import stage_dir
+from pipeline.stages import evaluate, prepare, tokenization, train
+from pipeline.store import cache
+from pipeline.store.workdir import stage_dir
+from pipeline.training import recipe
 from tests.conftest import tiny_overrides
 
 # Words of the tiny corpus (tests/conftest.py), some in another case, and words it never uses.
@@ -43,7 +47,7 @@ def vector_config(sentiment_files, tmp_path, vectors, *extra):
 
 
 def pieces_of(config, workdir):
-    sp = tokenizer.load(stage_dir(config, workdir, "tokenize") / "tokenizer.model")
+    sp = subwords.load(stage_dir(config, workdir, "tokenize") / "tokenizer.model")
     return [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
 
 
@@ -57,13 +61,13 @@ def test_glue_tsv_layout_reads_label_first_with_a_header(tmp_path):
 
 def test_whole_word_pieces_are_the_ones_with_a_word():
     pieces = ["<pad>", "<unk>", "<s>", "</s>", "\u2581the", "ory", "\u2581", "\u2581Good"]
-    assert embeddings.piece_words(pieces) == {4: "the", 7: "Good"}
+    assert vectors.piece_words(pieces) == {4: "the", 7: "Good"}
 
 
 @pytest.mark.parametrize("name,header", [("vectors.txt", False), ("vectors.vec", True), ("vectors.txt.gz", False)])
 def test_vectors_files_in_each_format_are_read(tmp_path, name, header):
     path = write_vectors(tmp_path / name, header=header)
-    found, dim = embeddings.read_vectors(path, {"great", "Film", "missing"})
+    found, dim = vectors.read_vectors(path, {"great", "Film", "missing"})
     assert dim == 4
     # Only the wanted words are kept, and the case-folded forms of them: `film` for `Film`.
     assert set(found) == {"great", "film"}
@@ -75,7 +79,7 @@ def test_found_rows_get_exactly_the_files_values_and_folded_case_falls_back(tmp_
     pieces = ["<pad>", "<unk>", "\u2581great", "\u2581film", "\u2581FILM", "\u2581dull", "ing"]
     model = keras.Sequential([keras.Input((None,), dtype="int32"), keras.layers.Embedding(len(pieces), 4)])
     before = keras.ops.convert_to_numpy(model.layers[0].embeddings).copy()
-    coverage = embeddings.apply(model, pieces, path, frozen=False)
+    coverage = vectors.apply(model, pieces, path, frozen=False)
     after = keras.ops.convert_to_numpy(model.layers[0].embeddings)
     assert (coverage.found, coverage.vocabulary) == (3, 7)
     np.testing.assert_array_equal(after[2], np.float32(VECTORS["great"]))
@@ -90,13 +94,13 @@ def test_training_logs_coverage_and_frozen_rows_stay_the_files(sentiment_files, 
     config = vector_config(sentiment_files, tmp_path, vectors, "model.freeze_embeddings=true")
     work = tmp_path / "work"
     prepare.run(config, work)
-    tokenize.run(config, work)
+    tokenization.run(config, work)
     mlflow.set_experiment("pretrained")
     with tracking.start_run("train"):
         train.run(config, work)
         run_id = tracking.run_id()
     pieces = pieces_of(config, work)
-    words = embeddings.piece_words(pieces)
+    words = vectors.piece_words(pieces)
     expected = {i: VECTORS[w] for i, w in words.items() if w in VECTORS}
     assert len(expected) == 3  # great, film, awful; the corpus's `boring` is not the file's `Boring`
     metrics = mlflow.get_run(run_id).data.metrics
@@ -112,7 +116,7 @@ def test_unfrozen_vectors_are_trained(sentiment_files, tmp_path):
     vectors = write_vectors(tmp_path / "vectors.txt")
     config = vector_config(sentiment_files, tmp_path, vectors)
     work = tmp_path / "work"
-    for stage in (prepare, tokenize, train):
+    for stage in (prepare, tokenization, train):
         stage.run(config, work)
     index = pieces_of(config, work).index("\u2581great")
     model = keras.saving.load_model(stage_dir(config, work, "train") / "model.keras")
@@ -136,19 +140,19 @@ def test_vectors_of_another_dimension_are_refused_with_the_fix(tmp_path):
     model = keras.Sequential([keras.Input((None,), dtype="int32"), keras.layers.Embedding(5, 8)])
     expected = r"model.embedding_dim is 8 but .* 4-dimensional vectors; set model.embedding_dim=4"
     with pytest.raises(ConfigError, match=expected):
-        embeddings.apply(model, ["<pad>", "<unk>", "\u2581great", "\u2581film", "x"], path, frozen=False)
+        vectors.apply(model, ["<pad>", "<unk>", "\u2581great", "\u2581film", "x"], path, frozen=False)
 
 
 def test_a_short_line_is_named(tmp_path):
     path = tmp_path / "vectors.txt"
     path.write_text("great 1 2 3\nfilm 1 2\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"vectors.txt, line 2: 'film' has 2 numbers where the file's vectors have 3"):
-        embeddings.read_vectors(path, {"film"})
+        vectors.read_vectors(path, {"film"})
 
 
 def test_a_missing_file_and_freezing_random_vectors_are_refused(tmp_path, sentiment_files):
     with pytest.raises(ConfigError, match="is not a file"):
-        embeddings.read_vectors(tmp_path / "nope.txt", {"a"})
+        vectors.read_vectors(tmp_path / "nope.txt", {"a"})
     with pytest.raises(ConfigError, match="model.freeze_embeddings=true would freeze random vectors"):
         load_config(None, tiny_overrides(sentiment_files, tmp_path) + ["model.freeze_embeddings=true"])
 
@@ -169,16 +173,16 @@ def test_monitor_picks_the_direction_and_the_kept_epoch():
 def test_early_stopping_watches_the_monitor_in_its_direction():
     for overrides, monitor, mode in [([], "val_loss", "min"), (["train.monitor=val_accuracy"], "val_accuracy", "max"),
                                      (["train.monitor=val_loss", "train.monitor_mode=max"], "val_loss", "max")]:
-        stopper = train._early_stopping(load_config(None, overrides), resumed=None)
+        stopper = recipe.make_early_stopping(load_config(None, overrides), resumed=None)
         assert (stopper.monitor, stopper.mode, stopper.restore_best_weights) == (monitor, mode, True)
 
 
 def test_the_kept_epoch_is_the_monitors_best(sentiment_files, tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="pipeline.train")
+    caplog.set_level(logging.INFO, logger="pipeline.stages.train")
     config = load_config(None, tiny_overrides(sentiment_files, tmp_path) + [
         "train.monitor=val_accuracy", "train.epochs=4", "train.patience=4"])
     work = tmp_path / "work"
-    for stage in (prepare, tokenize):
+    for stage in (prepare, tokenization):
         stage.run(config, work)
     result = train.run(config, work)
     history = np.genfromtxt(stage_dir(config, work, "train") / "history.csv", delimiter=",", names=True)
@@ -191,7 +195,7 @@ def test_the_kept_epoch_is_the_monitors_best(sentiment_files, tmp_path, caplog):
 def test_without_a_test_split_evaluate_scores_validation_under_val_names(sentiment_files, tmp_path, caplog):
     config = load_config(None, tiny_overrides(sentiment_files, tmp_path) + ["data.test_fraction=0", "train.epochs=1"])
     work = tmp_path / "work"
-    for stage in (prepare, tokenize, train):
+    for stage in (prepare, tokenization, train):
         stage.run(config, work)
     assert not (stage_dir(config, work, "tokenize") / "test.npz").exists()
     result = evaluate.run(config, work)
@@ -203,10 +207,10 @@ def test_without_a_test_split_evaluate_scores_validation_under_val_names(sentime
 
 def test_cosine_schedule_warms_up_then_decays_to_zero_at_the_last_epoch():
     config = load_config(None, ["train.lr_schedule=cosine", "train.warmup_steps=10", "train.epochs=2",
-                                "train.learning_rate=0.002"])
-    schedule = train.learning_rate(config, steps_per_epoch=55)
+                                "recipe.learning_rate=0.002"])
+    schedule = recipe.learning_rate(config, steps_per_epoch=55)
     rates = [float(schedule(step)) for step in (0, 5, 10, 60, 110)]
     assert rates == pytest.approx([0.0, 0.001, 0.002, 0.001, 0.0], abs=1e-6)
-    assert train.learning_rate(load_config(None, ["train.learning_rate=0.002"]), 55) == 0.002
+    assert recipe.learning_rate(load_config(None, ["recipe.learning_rate=0.002"]), 55) == 0.002
     with pytest.raises(ConfigError, match="train.warmup_steps needs a schedule to warm up into; set train.lr_sch"):
         load_config(None, ["train.warmup_steps=10"])

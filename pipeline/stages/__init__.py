@@ -1,0 +1,2 @@
+"""The five stages (prepare, tokenize, train, evaluate, export), each reading and writing files."""
+

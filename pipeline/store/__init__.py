@@ -1,0 +1,2 @@
+"""Where stage outputs live: content-addressed keys, and work folders written atomically."""
+

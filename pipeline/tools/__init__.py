@@ -1,0 +1,2 @@
+"""Tools around the stages: sweeps, launch, serving, predictions, inspection."""
+

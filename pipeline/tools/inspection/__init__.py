@@ -1,0 +1,2 @@
+"""`pipeline inspect`: gates, cell state, gradient flow, and report pages."""
+

@@ -1,0 +1,41 @@
+"""The one package that talks to MLflow: client, run lifecycle, registry, reports."""
+
+from pipeline.tracking.client import DEFAULT_EXPERIMENT, check_reachable, configure, current_uri, use
+from pipeline.tracking.registry import model_input_column, register_export, save_export_as_mlflow_model, serve_command
+from pipeline.tracking.reports import (
+    COMPARE_METRICS,
+    COMPARE_PARAMS,
+    LOWER_IS_BETTER,
+    compare_runs,
+    format_table,
+    ui_command,
+)
+from pipeline.tracking.runs import (
+    active,
+    add_to_run,
+    annotate_runs,
+    finished_child,
+    log_artifact,
+    log_metrics,
+    log_params,
+    log_text,
+    note_reuse,
+    process_gone,
+    process_tags,
+    run_exists,
+    run_id,
+    run_reference,
+    set_tags,
+    settle_orphans,
+    settle_stale_runs,
+    start_run,
+)
+
+__all__ = [
+    "COMPARE_METRICS", "COMPARE_PARAMS", "DEFAULT_EXPERIMENT", "LOWER_IS_BETTER", "active", "add_to_run",
+    "annotate_runs", "check_reachable", "compare_runs", "configure", "current_uri", "finished_child",
+    "format_table", "log_artifact", "log_metrics", "log_params", "log_text", "model_input_column", "note_reuse",
+    "process_gone", "process_tags", "register_export", "run_exists", "run_id", "run_reference",
+    "save_export_as_mlflow_model", "serve_command", "set_tags", "settle_orphans", "settle_stale_runs",
+    "start_run", "ui_command", "use",
+]
