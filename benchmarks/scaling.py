@@ -79,15 +79,16 @@ def child(args: argparse.Namespace) -> dict:
     recipe.setup_runtime(config)
     tokenized = stage_dir(config, args.workdir, "tokenize")
     prepared = stage_dir(config, args.workdir, "prepare")
-    train_ds, val_ds, extra = batches.datasets(config, tokenized, prepared, first_epoch=0)
+    made = batches.datasets(config, tokenized, prepared, first_epoch=0)
+    train_ds, val_ds = made.train, made.validation
     vocab = json.loads((tokenized / "stats.json").read_text())["vocab_size"]
     with strategy.scope():
-        model = models.build_model(config, vocab, len(extra["labels"]))
+        model = models.build_model(config, vocab, len(made.labels))
         model.compile(optimizer=keras.optimizers.Adam(config.train.learning_rate, clipnorm=1.0),
                       loss=keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
         model.optimizer.build(model.trainable_variables)
     timer = LoopTimer()
-    fit_args = {"epochs": args.epochs, "steps_per_epoch": extra["steps_per_epoch"], "callbacks": [timer], "verbose": 0}
+    fit_args = {"epochs": args.epochs, "steps_per_epoch": made.steps_per_epoch, "callbacks": [timer], "verbose": 0}
     if distribute.needs_own_loop(strategy):
         history = distribute.fit(model, strategy, train_ds, val_ds, initial_epoch=0, from_logits=False, **fit_args)
     else:

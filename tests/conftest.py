@@ -119,3 +119,11 @@ def assert_stage_and_export_score_alike(config, work: Path, exported: Path) -> N
 
 
 from .mlflow_servers import mlflow_server  # noqa: E402, F401  fixture: a real `mlflow server` per test module
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test under tests/integration/ `integration`, so `-m 'not integration'` leaves them out."""
+    integration = ROOT / "tests" / "integration"
+    for item in items:
+        if integration in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.integration)

@@ -44,7 +44,7 @@ from pipeline.store import cache
 from pipeline.store.workdir import is_finished, require_stage, stage_dir, stage_output
 from pipeline.tracking import callback
 from pipeline.training import checkpoints, distribute, signals
-from pipeline.training.batches import datasets, sampled_segmentations
+from pipeline.training.batches import Batches, datasets, sampled_segmentations
 from pipeline.training.callbacks import training_callbacks
 from pipeline.training.recipe import (
     compiled_model,
@@ -96,31 +96,17 @@ def run(config: Config, workdir: str | Path) -> TrainResult:
     last_epoch = first_epoch if resumed and resumed.stopped_early else config.train.epochs
     vocab_size = json.loads((tokenized / "stats.json").read_text())["vocab_size"]
     sampled = sampled_segmentations(config, tokenized, prepared, store.root, sampling) if sampling else None
-    train_ds, val_ds, extra = datasets(config, tokenized, prepared, first_epoch, sampled)
-    model = compiled_model(config, strategy, vocab_size, len(extra.get("labels", [])), resumed, tokenized,
-                            extra["steps_per_epoch"])
+    batches = datasets(config, tokenized, prepared, first_epoch, sampled)
+    model = compiled_model(config, strategy, vocab_size, len(batches.labels), resumed, tokenized,
+                           batches.steps_per_epoch)
     kernel = report_kernels(model)
     # The strategy the model was built under, which is the one fit runs it with.
     tracking.set_tags(distribute.describe(config, model.distribute_strategy))
-    if not resumed and "padding_fraction" in extra:
-        tracking.log_metrics({"padding_fraction": extra["padding_fraction"]})
-    if not resumed and sampled:
-        tracking.log_metrics({"sampled_token_ratio": extra["sampled_token_ratio"]})
+    if not resumed:
+        tracking.log_metrics({name: value for name in ("padding_fraction", "sampled_token_ratio")
+                              if (value := getattr(batches, name)) is not None})
 
-    early_stopping = make_early_stopping(config, resumed)
-    if resumed:
-        callback.log_epoch_history(resumed.history)  # epochs the killed process had no time to log
-        log.info("resuming training after epoch %d of %d from %s", resumed.epoch, config.train.epochs,
-                 resumed.path or "worker 0's checkpoint")
-    callbacks = training_callbacks(config, store if chief else None, early_stopping, extra)
-    fit_args = {"epochs": last_epoch, "initial_epoch": first_epoch, "steps_per_epoch": extra["steps_per_epoch"],
-                "callbacks": callbacks, "verbose": 2 if _quiet() else 1}
-    with signals.deferred():  # Ctrl-C stops between batches, never inside a checkpoint or an MLflow write
-        if distribute.needs_own_loop(strategy):
-            history = distribute.fit(model, strategy, train_ds, val_ds, loss=training_loss(config, reduction=None),
-                                     **fit_args)
-        else:
-            history = model.fit(train_ds, validation_data=val_ds, shuffle=False, **fit_args).history
+    history = _fit(config, model, strategy, batches, store if chief else None, resumed, last_epoch)
     distribute.training_over(strategy)
     history = checkpoints.join_history(resumed.history if resumed else {}, history)
     _check_finite(history, config)
@@ -130,18 +116,44 @@ def run(config: Config, workdir: str | Path) -> TrainResult:
     if not chief:
         log.info("worker %d: training done; worker 0 writes the model", strategy.cluster_resolver.task_id)
         return result
-    with stage_output(config, workdir, "train") as out:
-        _saved_model(config, model, vocab_size, len(extra.get("labels", []))).save(out / "model.keras")
-        write_history(history, out / "history.csv")
-        if (store.root / "samples").is_dir():
-            shutil.copytree(store.root / "samples", out / "samples")
-        summary = {**asdict(result), "model_path": "model.keras", "padding_fraction": extra.get("padding_fraction")}
-        (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    _write(config, workdir, model, result, history, batches, store, vocab_size)
     store.remove()
     # Counted from 1, as Keras's "Epoch 1/3" lines are; MLflow's steps and history.csv count from 0.
     log.info("trained %d epochs; kept epoch %d (MLflow step %d): %s", result.epochs_run, result.best_epoch + 1,
              result.best_epoch, result.best_metrics)
     return result
+
+
+def _fit(config: Config, model: keras.Model, strategy: tf.distribute.Strategy, batches: Batches,
+         store: checkpoints.Store | None, resumed: checkpoints.Checkpoint | None, last_epoch: int) -> dict:
+    """Train from the resumed epoch (or the first) to `last_epoch` with the training's callbacks;
+    returns the per-epoch metrics of the epochs run here. Without a `store` nothing is written."""
+    first_epoch = resumed.epoch if resumed else 0
+    early_stopping = make_early_stopping(config, resumed)
+    if resumed:
+        callback.log_epoch_history(resumed.history)  # epochs the killed process had no time to log
+        log.info("resuming training after epoch %d of %d from %s", resumed.epoch, config.train.epochs,
+                 resumed.path or "worker 0's checkpoint")
+    callbacks = training_callbacks(config, store, early_stopping, batches)
+    fit_args = {"epochs": last_epoch, "initial_epoch": first_epoch, "steps_per_epoch": batches.steps_per_epoch,
+                "callbacks": callbacks, "verbose": 2 if _quiet() else 1}
+    with signals.deferred():  # Ctrl-C stops between batches, never inside a checkpoint or an MLflow write
+        if distribute.needs_own_loop(strategy):
+            return distribute.fit(model, strategy, batches.train, batches.validation,
+                                  loss=training_loss(config, reduction=None), **fit_args)
+        return model.fit(batches.train, validation_data=batches.validation, shuffle=False, **fit_args).history
+
+
+def _write(config: Config, workdir: str | Path, model: keras.Model, result: TrainResult, history: dict,
+           batches: Batches, store: checkpoints.Store, vocab_size: int) -> None:
+    """The stage's output folder: the model, its history and summary, and a language model's samples."""
+    with stage_output(config, workdir, "train") as out:
+        _saved_model(config, model, vocab_size, len(batches.labels)).save(out / "model.keras")
+        write_history(history, out / "history.csv")
+        if (store.root / "samples").is_dir():
+            shutil.copytree(store.root / "samples", out / "samples")
+        summary = {**asdict(result), "model_path": "model.keras", "padding_fraction": batches.padding_fraction}
+        (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
 
 
 def _check_stateful(config: Config, strategy: tf.distribute.Strategy) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +17,25 @@ from pipeline.data.splits import load_split, read_examples
 
 log = logging.getLogger(__name__)
 
+@dataclass(frozen=True)
+class Batches:
+    """What a training reads: its batches, and what its callbacks and logs need to know of them."""
+
+    train: tf.data.Dataset
+    # None for a stateful language model: `stateful.StreamingValidation` reads `validation_split` in order.
+    validation: tf.data.Dataset | None
+    steps_per_epoch: int
+    labels: list[str] = field(default_factory=list)  # classifiers: the class names, in label-id order
+    padding_fraction: float | None = None  # classifiers: the share of padded positions in an epoch's batches
+    sampled_token_ratio: float | None = None  # with subword sampling: tokens sampled / tokens of the best segmentation
+    tokenizer: Path | None = None  # language models: SentencePiece, for the text samples of each epoch
+    validation_split: dict[str, np.ndarray] | None = None  # stateful language models
+    validation_tokens: int = 0  # language models: predicted tokens and characters of the validation split,
+    validation_characters: int = 0  # for bits per character
+
+
 def datasets(config: Config, tokenized: Path, prepared: Path, first_epoch: int,
-             sampled: list[dict[str, np.ndarray]] | None = None):
+             sampled: list[dict[str, np.ndarray]] | None = None) -> Batches:
     """Training batches for epochs `first_epoch` onwards, validation batches, and what else train needs.
 
     `sampled`, from `sampled_segmentations`, holds each epoch's `ids` and `lengths` of the training
@@ -27,39 +45,44 @@ def datasets(config: Config, tokenized: Path, prepared: Path, first_epoch: int,
     epochs = range(first_epoch, t.epochs)
     train, val = load_split(tokenized, "train"), load_split(tokenized, "validation")
     if config.task == "lm" and t.stateful:
-        # No batches for fit to validate on: `stateful.StreamingValidation` reads the split in order.
-        extra = {"validation": val, "tokenizer": tokenized / "tokenizer.model",
-                 "steps_per_epoch": inputs.lm_stream_count(len(train["ids"]), t.sequence_length, t.batch_size)}
-        train_ds = inputs.lm_stream_dataset(train["ids"], t.sequence_length, t.batch_size, seed=t.seed, epochs=epochs)
-        return train_ds, None, extra
+        return Batches(
+            inputs.lm_stream_dataset(train["ids"], t.sequence_length, t.batch_size, seed=t.seed, epochs=epochs), None,
+            inputs.lm_stream_count(len(train["ids"]), t.sequence_length, t.batch_size),
+            tokenizer=tokenized / "tokenizer.model", validation_split=val)
     if config.task == "lm":
-        extra = {"validation_characters": int(val["characters"].sum()), "validation_tokens": len(val["ids"]) - 1,
-                 "tokenizer": tokenized / "tokenizer.model",
-                 "steps_per_epoch": inputs.lm_batch_count(len(train["ids"]), t.sequence_length, t.batch_size)}
-        train_ds = inputs.lm_dataset(train["ids"], t.sequence_length, t.batch_size, shuffle=True, seed=t.seed,
-                                   epochs=epochs)
-        return train_ds, inputs.lm_dataset(val["ids"], t.sequence_length, t.batch_size, shuffle=False), extra
+        return Batches(
+            inputs.lm_dataset(train["ids"], t.sequence_length, t.batch_size, shuffle=True, seed=t.seed, epochs=epochs),
+            inputs.lm_dataset(val["ids"], t.sequence_length, t.batch_size, shuffle=False),
+            inputs.lm_batch_count(len(train["ids"]), t.sequence_length, t.batch_size),
+            tokenizer=tokenized / "tokenizer.model", validation_tokens=len(val["ids"]) - 1,
+            validation_characters=int(val["characters"].sum()))
+    return _classifier_batches(config, train, val, prepared, epochs, sampled)
+
+
+def _classifier_batches(config: Config, train: dict[str, np.ndarray], val: dict[str, np.ndarray], prepared: Path,
+                        epochs: range, sampled: list[dict[str, np.ndarray]] | None) -> Batches:
+    t = config.train
     boundaries = inputs.bucket_boundaries(train["lengths"], t.buckets)
     labels = json.loads((prepared / "labels.json").read_text(encoding="utf-8"))
     if sampled:
         # Buckets by each epoch's own lengths, between the bounds of the best segmentation's.
         train_ds = functools.reduce(tf.data.Dataset.concatenate, [
             inputs.classification_dataset({**train, **sampled[epoch]}, t.batch_size, boundaries=boundaries,
-                                        shuffle=True, seed=t.seed, epochs=range(epoch, epoch + 1))
+                                          shuffle=True, seed=t.seed, epochs=range(epoch, epoch + 1))
             for epoch in epochs])
     else:
         train_ds = inputs.classification_dataset(train, t.batch_size, boundaries=boundaries, shuffle=True,
-                                               seed=t.seed, epochs=epochs)
+                                                 seed=t.seed, epochs=epochs)
     val_ds = inputs.classification_dataset(val, t.batch_size, boundaries=boundaries, shuffle=False)
     one_epoch = inputs.classification_dataset(train, t.batch_size, boundaries=boundaries, shuffle=True, seed=t.seed)
-    extra = {"labels": labels, "boundaries": boundaries, "padding_fraction": inputs.padding_fraction(one_epoch),
-             "steps_per_epoch": inputs.batch_count(len(train["lengths"]), t.batch_size)}
-    log.info("length buckets %s; %.1f%% of train positions are padding", boundaries, 100 * extra["padding_fraction"])
+    padding = inputs.padding_fraction(one_epoch)
+    log.info("length buckets %s; %.1f%% of train positions are padding", boundaries, 100 * padding)
+    ratio = None
     if sampled:
-        extra["sampled_token_ratio"] = float(np.mean([s["lengths"].sum() for s in sampled]) / train["lengths"].sum())
-        log.info("subword sampling: each epoch's segmentation holds %.2fx the tokens of the best one",
-                 extra["sampled_token_ratio"])
-    return train_ds, val_ds, extra
+        ratio = float(np.mean([s["lengths"].sum() for s in sampled]) / train["lengths"].sum())
+        log.info("subword sampling: each epoch's segmentation holds %.2fx the tokens of the best one", ratio)
+    return Batches(train_ds, val_ds, inputs.batch_count(len(train["lengths"]), t.batch_size), labels=labels,
+                   padding_fraction=padding, sampled_token_ratio=ratio)
 
 
 SEGMENTATIONS = "segmentations.npz"

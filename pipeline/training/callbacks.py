@@ -14,6 +14,7 @@ from pipeline.models import stateful
 from pipeline.store import cache
 from pipeline.tracking import callback
 from pipeline.training import checkpoints, signals
+from pipeline.training.batches import Batches
 
 # Callbacks added to every training started in this context, after the checkpoint and the MLflow
 # metrics of each epoch (a sweep's pruning reporter). Each entry is called to make a fresh callback.
@@ -27,7 +28,7 @@ def _origin(config: Config) -> dict:
 
 
 def training_callbacks(config: Config, store: checkpoints.Store | None, early_stopping: keras.callbacks.EarlyStopping,
-               extra: dict) -> list[keras.callbacks.Callback]:
+                       batches: Batches) -> list[keras.callbacks.Callback]:
     """The training's callbacks; without a `store` (workers 1.. of a cluster) nothing is written."""
     # Order matters: the checkpoint sees early stopping's state for the epoch, and metrics reach
     # MLflow only after the checkpoint is on disk, so a resumed run never logs an epoch twice.
@@ -39,13 +40,13 @@ def training_callbacks(config: Config, store: checkpoints.Store | None, early_st
         callbacks.insert(0, averaged)  # first: the callbacks after it see the averaged weights
     if config.task == "lm":
         if config.train.stateful:  # after the weight average, which validation must see
-            callbacks.insert(1 if averaged else 0, stateful.StreamingValidation(extra["validation"],
+            callbacks.insert(1 if averaged else 0, stateful.StreamingValidation(batches.validation_split,
                                                                                 config.train.sequence_length))
             callbacks.insert(0, stateful.ResetStates())
         else:
-            callbacks.insert(0, BitsPerCharacter(extra["validation_tokens"], extra["validation_characters"]))
+            callbacks.insert(0, BitsPerCharacter(batches.validation_tokens, batches.validation_characters))
         if store is not None:
-            callbacks.append(SampleText(extra["tokenizer"], store.root / "samples", config.train.sample_prompt,
+            callbacks.append(SampleText(batches.tokenizer, store.root / "samples", config.train.sample_prompt,
                                         config.train.sample_tokens, seed=config.train.seed))
     if tracking.active():
         callbacks.append(callback.EpochMetricsCallback())

@@ -27,8 +27,7 @@ from pipeline.stages import prepare, tokenization, train
 from pipeline.store.cache import STAGES
 from pipeline.store.workdir import stage_dir
 from pipeline.training import batches, callbacks
-
-from .conftest import lm_overrides, tiny_overrides, write_corpus, write_label_text
+from tests.conftest import lm_overrides, tiny_overrides, write_corpus, write_label_text
 
 PIPELINE = str(Path(sys.executable).parent / "pipeline")
 
@@ -164,7 +163,7 @@ def test_nan_loss_fails_the_run_with_a_clear_error(tiny_config, tmp_path, monkey
     for stage in (prepare, tokenization):
         stage.run(tiny_config, tmp_path / "work")
     tracking.configure(None, "nan")
-    with pytest.raises(TrainingError, match=r"training loss became nan in epoch 0.*Lower recipe.learning_rate"):
+    with pytest.raises(TrainingError, match=r"training loss became nan in epoch 0.*Lower train.learning_rate"):
         runner.run_stage("train", tiny_config, tmp_path / "work")
     run = mlflow.search_runs(output_format="list", filter_string="attributes.run_name = 'train'")[0]
     assert run.info.status == "FAILED"

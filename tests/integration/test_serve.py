@@ -20,8 +20,8 @@ from typing import NamedTuple
 
 import pytest
 
-from .mlflow_servers import HOST, _launch, child_env, free_port, stop_process_group
-from .test_export import exported  # noqa: F401  fixture: a tiny sentiment export, trained once for this module
+from tests.integration.test_export import exported  # noqa: F401  fixture: a tiny sentiment export, trained once for this module
+from tests.mlflow_servers import HOST, _launch, child_env, free_port, stop_process_group
 
 PIPELINE = Path(sys.executable).with_name("pipeline")
 SYSTEM_PATH = "/usr/bin:/bin"

@@ -10,8 +10,7 @@ from pipeline.errors import ConfigError
 from pipeline.stages import prepare, tokenization, train
 from pipeline.store import cache
 from pipeline.store.workdir import stage_dir
-
-from .conftest import PRESETS_DIR
+from tests.conftest import PRESETS_DIR
 
 LONG_RANGE = PRESETS_DIR / "long_range.yaml"
 
@@ -53,7 +52,7 @@ def test_synthetic_keys_are_checked_and_keyed(tmp_path):
 
 def test_an_lstm_learns_the_task_at_small_length(tmp_path):
     config = load_config(LONG_RANGE, ["data.synthetic_length=10", "data.synthetic_examples=1000", "train.epochs=6",
-                                      "model.units=16", "recipe.learning_rate=0.01", f"export.dir={tmp_path}"])
+                                      "model.units=16", "train.learning_rate=0.01", f"export.dir={tmp_path}"])
     work = tmp_path / "work"
     counts = prepare.run(config, work).counts
     assert counts == {"train": 800, "validation": 100, "test": 100}

@@ -12,8 +12,7 @@ from pipeline.config import load_config
 from pipeline.stages import prepare, tokenization, train
 from pipeline.store.workdir import stage_dir
 from pipeline.training import batches, checkpoints, recipe
-
-from .conftest import tiny_overrides
+from tests.conftest import tiny_overrides
 
 
 @pytest.fixture
@@ -62,7 +61,8 @@ def test_an_ensemble_trains_its_members_apart_and_saves_their_mean(sentiment_fil
     assert saved.output_shape == (None, 2)  # the members' mean, not the stack fit trained
     # The saved weights are the trained ones: the figure validation logged is the saved model's own.
     work = tmp_path / "work"
-    _, val_ds, _ = batches.datasets(config, stage_dir(config, work, "tokenize"), stage_dir(config, work, "prepare"), 0)
+    val_ds = batches.datasets(config, stage_dir(config, work, "tokenize"), stage_dir(config, work, "prepare"),
+                              0).validation
     saved.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     assert saved.evaluate(val_ds, verbose=0, return_dict=True)["accuracy"] == result.best_metrics["val_accuracy"]
 
@@ -111,7 +111,7 @@ def test_weight_averaging_validates_the_average_and_checkpoints_the_trained_weig
 def test_weight_decay_shrinks_every_weight_by_rate_times_decay_a_step(decay):
     # Token 7 is in no batch: its embedding row has no gradient, so Adam leaves it alone and only the
     # decay moves it, by learning_rate * weight_decay of itself.
-    config = load_config(None, ["recipe.learning_rate=0.01", f"train.weight_decay={decay}", "model.units=4",
+    config = load_config(None, ["train.learning_rate=0.01", f"train.weight_decay={decay}", "model.units=4",
                                 "model.embedding_dim=4", "model.layers=1"])
     keras.utils.set_random_seed(0)
     model = recipe.compiled_model(config, tf.distribute.get_strategy(), 10, 2, None, None, steps_per_epoch=5)

@@ -21,8 +21,7 @@ TEXTS = ["a great and moving film", "", "caf\u00e9 na\u00efve \u65e5\u672c\u8a9e
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     from pipeline.config import load_config
-
-    from .conftest import tiny_overrides, write_label_text
+    from tests.conftest import tiny_overrides, write_label_text
 
     root = tmp_path_factory.mktemp("export")
     files = {"train": write_label_text(root / "train.txt", 80, 1),

@@ -7,8 +7,7 @@ from pipeline.data import splits
 from pipeline.errors import DataError
 from pipeline.stages import prepare
 from pipeline.store.workdir import stage_dir
-
-from .conftest import tiny_overrides
+from tests.conftest import tiny_overrides
 
 
 def test_prepare_writes_splits_labels_and_stats(tiny_config, tmp_path):

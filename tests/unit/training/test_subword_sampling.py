@@ -18,9 +18,8 @@ from pipeline.errors import ConfigError
 from pipeline.stages import prepare, tokenization, train
 from pipeline.store.workdir import stage_dir
 from pipeline.training import batches
-
-from . import test_resume
-from .conftest import tiny_overrides
+from tests.conftest import tiny_overrides
+from tests.integration import test_resume
 
 # Long enough that no text is cut, so every sampled segmentation spells its whole text.
 SAMPLING = [*test_resume.SAMPLING, "train.max_length=200"]
@@ -99,19 +98,19 @@ def test_the_batches_of_an_epoch_are_that_epochs_segmentation_with_the_labels(se
     partial = train.partial_dir(config, tmp_path / "work")
     sampled = batches.sampled_segmentations(config, tokenized, prepared, partial, 0.3)
     labels = splits.load_split(tokenized, "train")["labels"]
-    train_ds, _, extra = batches.datasets(config, tokenized, prepared, 0, sampled)
-    seen_batches = list(train_ds.as_numpy_iterator())
-    per_epoch = extra["steps_per_epoch"]
+    made = batches.datasets(config, tokenized, prepared, 0, sampled)
+    seen_batches = list(made.train.as_numpy_iterator())
+    per_epoch = made.steps_per_epoch
     assert len(seen_batches) == 2 * per_epoch
     for epoch in range(2):
         seen = Counter((tuple(int(t) for t in row if t), int(label))
                        for ids, batch_labels in seen_batches[epoch * per_epoch:(epoch + 1) * per_epoch]
                        for row, label in zip(ids, batch_labels, strict=True))
         assert seen == Counter(zip(_rows(sampled[epoch]), labels.tolist(), strict=True))
-    assert extra["sampled_token_ratio"] > 1
+    assert made.sampled_token_ratio > 1
 
     # A training resumed at epoch 1 gets epoch 1's segmentation.
-    resumed, _, _ = batches.datasets(config, tokenized, prepared, 1, sampled)
+    resumed = batches.datasets(config, tokenized, prepared, 1, sampled).train
     for a, b in zip(resumed.as_numpy_iterator(), seen_batches[per_epoch:], strict=True):
         np.testing.assert_array_equal(a[0], b[0])
 

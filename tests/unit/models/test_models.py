@@ -5,8 +5,7 @@ import pytest
 from pipeline import models
 from pipeline.config import load_config
 from pipeline.training import recipe
-
-from .conftest import PRESETS_DIR
+from tests.conftest import PRESETS_DIR
 
 PRESETS = sorted(PRESETS_DIR.glob("*.yaml"))
 

@@ -11,8 +11,7 @@ from click.testing import CliRunner
 from pipeline import models
 from pipeline.cli import main
 from pipeline.data import splits, subwords
-
-from .conftest import tiny_overrides
+from tests.conftest import tiny_overrides
 
 STAGES = ["prepare", "tokenize", "train", "evaluate", "export"]
 
@@ -27,7 +26,7 @@ def _set(overrides):
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    from .conftest import write_label_text
+    from tests.conftest import write_label_text
 
     root = tmp_path_factory.mktemp("cli")
     files = {"train": write_label_text(root / "train.txt", 80, 1),

@@ -24,8 +24,7 @@ from pipeline.errors import ConfigError, DataError
 from pipeline.models import stateful
 from pipeline.stages import evaluate, prepare, tokenization, train
 from pipeline.store.workdir import stage_dir
-
-from .conftest import assert_stage_and_export_score_alike, lm_overrides, tiny_overrides, write_corpus
+from tests.conftest import assert_stage_and_export_score_alike, lm_overrides, tiny_overrides, write_corpus
 
 PIPELINE = str(Path(sys.executable).parent / "pipeline")
 

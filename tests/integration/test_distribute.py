@@ -27,8 +27,7 @@ from pipeline.store.workdir import stage_dir
 from pipeline.tools import launch
 from pipeline.training import distribute
 from pipeline.training.distribute import step
-
-from .conftest import lm_overrides, tiny_overrides, write_corpus
+from tests.conftest import lm_overrides, tiny_overrides, write_corpus
 
 PIPELINE = Path(sys.executable).with_name("pipeline")
 TWO_CPUS = ["train.distribute=mirrored", "train.devices=CPU:0,CPU:1"]

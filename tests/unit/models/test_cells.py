@@ -12,8 +12,7 @@ from pipeline.errors import ConfigError
 from pipeline.models import generation
 from pipeline.stages import export, prepare, tokenization, train
 from pipeline.tools import predict
-
-from .conftest import lm_overrides, tiny_overrides, write_corpus
+from tests.conftest import lm_overrides, tiny_overrides, write_corpus
 
 REASONS = {"lstm": "eligible", "gru": "eligible", "simple_rnn": "SimpleRNN has no cuDNN kernel"}
 KINDS = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU, "simple_rnn": keras.layers.SimpleRNN}

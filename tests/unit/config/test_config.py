@@ -2,8 +2,7 @@ import pytest
 
 from pipeline.config import Config, dump_yaml, fingerprint, flatten, load_config, parse_override, run_name
 from pipeline.errors import ConfigError
-
-from .conftest import PRESETS_DIR
+from tests.conftest import PRESETS_DIR
 
 PRESETS = sorted(PRESETS_DIR.glob("*.yaml"))
 

@@ -2,11 +2,11 @@
 
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import ROOT
+
 KEPT = ["data/README.md", "data/sst2/glue-train.tsv", "data/tinyshakespeare/input.txt",
         "data/tfds/downloads/manual/aclImdb_v1.tar.gz", "configs/mine.yaml"]
 GENERATED = ["data/work/sst2/prepare/DONE", "models/sst2-bilstm-2x64/1/saved_model.pb", "mlruns/1/meta.yaml",

@@ -22,8 +22,7 @@ from pipeline.models import generation
 from pipeline.stages import evaluate, prepare, tokenization, train
 from pipeline.store.workdir import stage_dir
 from pipeline.training import callbacks
-
-from .conftest import PRESETS_DIR, assert_stage_and_export_score_alike, lm_overrides, write_corpus
+from tests.conftest import PRESETS_DIR, assert_stage_and_export_score_alike, lm_overrides, write_corpus
 
 SHAKESPEARE = PRESETS_DIR.parent / "data" / "tinyshakespeare" / "input.txt"  # shipped, see data/README.md
 

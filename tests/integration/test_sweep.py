@@ -26,8 +26,7 @@ from pipeline.stages import train
 from pipeline.store.workdir import is_finished, producer, stage_dir
 from pipeline.tools import sweep
 from pipeline.tools.sweep import trials
-
-from .conftest import PRESETS_DIR, tiny_overrides, write_label_text
+from tests.conftest import PRESETS_DIR, tiny_overrides, write_label_text
 
 PIPELINE = str(Path(sys.executable).parent / "pipeline")
 # A one-layer LSTM traces in a third of the time of the tiny two-layer BiLSTM.
@@ -38,7 +37,7 @@ sampler: random
 pruner: none
 params:
   model.dropout: {float: [0.0, 0.5]}
-  recipe.learning_rate: {float: [1.0e-3, 3.0e-2], log: true}
+  train.learning_rate: {float: [1.0e-3, 3.0e-2], log: true}
 """
 
 
@@ -120,7 +119,7 @@ def test_the_table_lists_the_trials_best_first_and_ends_with_the_run_line(four_t
     study = _study(root)
     lines = result.output.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("trial "))
-    assert lines[header].split() == ["trial", "state", "model.dropout", "recipe.learning_rate", "val_loss",
+    assert lines[header].split() == ["trial", "state", "model.dropout", "train.learning_rate", "val_loss",
                                      "test_accuracy", "duration"]
     rows = [line.split() for line in lines[header + 1:header + 5]]
     by_value = sorted(study.get_trials(), key=lambda t: t.value)
@@ -170,12 +169,12 @@ objective: {metric: val_loss, direction: minimize}
 sampler: random
 pruner: {median: {startup_trials: 1, warmup_epochs: 0}}
 params:
-  recipe.learning_rate: {float: [1.0e-6, 5.0e-2], log: true}
+  train.learning_rate: {float: [1.0e-6, 5.0e-2], log: true}
 """
     args = _sweep_args(tmp_path, overrides, space, trials=2)
     study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}", direction="minimize")
-    study.enqueue_trial({"recipe.learning_rate": 0.03})  # learns in its first epoch
-    study.enqueue_trial({"recipe.learning_rate": 1e-6})  # barely moves: worse than the first at epoch 0
+    study.enqueue_trial({"train.learning_rate": 0.03})  # learns in its first epoch
+    study.enqueue_trial({"train.learning_rate": 1e-6})  # barely moves: worse than the first at epoch 0
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
 

@@ -14,7 +14,8 @@ import pytest
 
 from pipeline import tracking
 from pipeline.config import load_config, monitor_mode
-from pipeline.data import subwords, vectors
+from pipeline.data import subwords
+from pipeline.data import vectors as word_vectors
 from pipeline.data.readers import read_local
 from pipeline.errors import ConfigError, DataError
 from pipeline.stages import evaluate, prepare, tokenization, train
@@ -61,13 +62,13 @@ def test_glue_tsv_layout_reads_label_first_with_a_header(tmp_path):
 
 def test_whole_word_pieces_are_the_ones_with_a_word():
     pieces = ["<pad>", "<unk>", "<s>", "</s>", "\u2581the", "ory", "\u2581", "\u2581Good"]
-    assert vectors.piece_words(pieces) == {4: "the", 7: "Good"}
+    assert word_vectors.piece_words(pieces) == {4: "the", 7: "Good"}
 
 
 @pytest.mark.parametrize("name,header", [("vectors.txt", False), ("vectors.vec", True), ("vectors.txt.gz", False)])
 def test_vectors_files_in_each_format_are_read(tmp_path, name, header):
     path = write_vectors(tmp_path / name, header=header)
-    found, dim = vectors.read_vectors(path, {"great", "Film", "missing"})
+    found, dim = word_vectors.read_vectors(path, {"great", "Film", "missing"})
     assert dim == 4
     # Only the wanted words are kept, and the case-folded forms of them: `film` for `Film`.
     assert set(found) == {"great", "film"}
@@ -79,7 +80,7 @@ def test_found_rows_get_exactly_the_files_values_and_folded_case_falls_back(tmp_
     pieces = ["<pad>", "<unk>", "\u2581great", "\u2581film", "\u2581FILM", "\u2581dull", "ing"]
     model = keras.Sequential([keras.Input((None,), dtype="int32"), keras.layers.Embedding(len(pieces), 4)])
     before = keras.ops.convert_to_numpy(model.layers[0].embeddings).copy()
-    coverage = vectors.apply(model, pieces, path, frozen=False)
+    coverage = word_vectors.apply(model, pieces, path, frozen=False)
     after = keras.ops.convert_to_numpy(model.layers[0].embeddings)
     assert (coverage.found, coverage.vocabulary) == (3, 7)
     np.testing.assert_array_equal(after[2], np.float32(VECTORS["great"]))
@@ -100,7 +101,7 @@ def test_training_logs_coverage_and_frozen_rows_stay_the_files(sentiment_files, 
         train.run(config, work)
         run_id = tracking.run_id()
     pieces = pieces_of(config, work)
-    words = vectors.piece_words(pieces)
+    words = word_vectors.piece_words(pieces)
     expected = {i: VECTORS[w] for i, w in words.items() if w in VECTORS}
     assert len(expected) == 3  # great, film, awful; the corpus's `boring` is not the file's `Boring`
     metrics = mlflow.get_run(run_id).data.metrics
@@ -140,19 +141,19 @@ def test_vectors_of_another_dimension_are_refused_with_the_fix(tmp_path):
     model = keras.Sequential([keras.Input((None,), dtype="int32"), keras.layers.Embedding(5, 8)])
     expected = r"model.embedding_dim is 8 but .* 4-dimensional vectors; set model.embedding_dim=4"
     with pytest.raises(ConfigError, match=expected):
-        vectors.apply(model, ["<pad>", "<unk>", "\u2581great", "\u2581film", "x"], path, frozen=False)
+        word_vectors.apply(model, ["<pad>", "<unk>", "\u2581great", "\u2581film", "x"], path, frozen=False)
 
 
 def test_a_short_line_is_named(tmp_path):
     path = tmp_path / "vectors.txt"
     path.write_text("great 1 2 3\nfilm 1 2\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"vectors.txt, line 2: 'film' has 2 numbers where the file's vectors have 3"):
-        vectors.read_vectors(path, {"film"})
+        word_vectors.read_vectors(path, {"film"})
 
 
 def test_a_missing_file_and_freezing_random_vectors_are_refused(tmp_path, sentiment_files):
     with pytest.raises(ConfigError, match="is not a file"):
-        vectors.read_vectors(tmp_path / "nope.txt", {"a"})
+        word_vectors.read_vectors(tmp_path / "nope.txt", {"a"})
     with pytest.raises(ConfigError, match="model.freeze_embeddings=true would freeze random vectors"):
         load_config(None, tiny_overrides(sentiment_files, tmp_path) + ["model.freeze_embeddings=true"])
 
@@ -207,10 +208,10 @@ def test_without_a_test_split_evaluate_scores_validation_under_val_names(sentime
 
 def test_cosine_schedule_warms_up_then_decays_to_zero_at_the_last_epoch():
     config = load_config(None, ["train.lr_schedule=cosine", "train.warmup_steps=10", "train.epochs=2",
-                                "recipe.learning_rate=0.002"])
+                                "train.learning_rate=0.002"])
     schedule = recipe.learning_rate(config, steps_per_epoch=55)
     rates = [float(schedule(step)) for step in (0, 5, 10, 60, 110)]
     assert rates == pytest.approx([0.0, 0.001, 0.002, 0.001, 0.0], abs=1e-6)
-    assert recipe.learning_rate(load_config(None, ["recipe.learning_rate=0.002"]), 55) == 0.002
+    assert recipe.learning_rate(load_config(None, ["train.learning_rate=0.002"]), 55) == 0.002
     with pytest.raises(ConfigError, match="train.warmup_steps needs a schedule to warm up into; set train.lr_sch"):
         load_config(None, ["train.warmup_steps=10"])

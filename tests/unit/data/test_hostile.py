@@ -31,8 +31,9 @@ from pipeline.data import splits
 from pipeline.data.readers import Examples, read_local
 from pipeline.errors import ConfigError, DataError, TokenizerError
 from pipeline.stages import prepare, tokenization
+from tests.conftest import ROOT
 
-PIPELINE_DIR = Path(__file__).resolve().parent.parent / "pipeline"
+PIPELINE_DIR = ROOT / "pipeline"
 # 60 examples a property keep the file at seconds; no deadline, as a 600 000-character line on a
 # busy two-core machine can pass hypothesis' default 200 ms.
 FAST = settings(max_examples=60, deadline=None)
@@ -491,12 +492,12 @@ def test_yaml_presets_are_read_with_a_safe_loader(tmp_path, tag):
 def calls_named(name: str) -> list[tuple[str, ast.Call]]:
     """Every call in pipeline/ to a function or method called `name`, with its file name."""
     found = []
-    for source in sorted(PIPELINE_DIR.glob("*.py")):
+    for source in sorted(PIPELINE_DIR.rglob("*.py")):
         for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Call):
                 func = node.func
                 if getattr(func, "attr", None) == name or getattr(func, "id", None) == name:
-                    found.append((source.name, node))
+                    found.append((str(source.relative_to(PIPELINE_DIR)), node))
     return found
 
 
@@ -517,7 +518,7 @@ def test_keras_models_load_in_safe_mode():
 
 def test_nothing_unpickles_a_file():
     unpicklers = {"pickle", "_pickle", "cPickle", "dill", "cloudpickle", "joblib", "shelve", "marshal"}
-    for source in sorted(PIPELINE_DIR.glob("*.py")):
+    for source in sorted(PIPELINE_DIR.rglob("*.py")):
         for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
                 assert not {a.name.split(".")[0] for a in node.names} & unpicklers, f"{source.name}:{node.lineno}"

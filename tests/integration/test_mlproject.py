@@ -8,10 +8,8 @@ from pathlib import Path
 import mlflow
 
 from pipeline.config import dump_yaml, load_config
-
-from .conftest import tiny_overrides
-
-ROOT = Path(__file__).resolve().parent.parent
+from pipeline.stages.registry import NAMES
+from tests.conftest import ROOT, tiny_overrides
 
 
 def test_mlflow_run_main_gives_one_parent_with_nested_stage_runs(sentiment_files, tmp_path):
@@ -50,8 +48,7 @@ def test_every_entry_point_is_a_command_line_the_cli_accepts(tmp_path, monkeypat
     texts = tmp_path / "texts.txt"
     texts.write_text("a fine film\n", encoding="utf-8")
     project = _project_spec.load_project(str(ROOT))
-    assert set(project._entry_points) == {"main", "prepare", "tokenize", "train", "evaluate", "export", "inspect",
-                                          "sweep"}
+    assert set(project._entry_points) == {"main", *NAMES, "inspect", "sweep"}, "one entry point per stage"
     for entry_point in project._entry_points.values():
         given = {"input": str(texts)} if "input" in entry_point.parameters else {}
         words = shlex.split(entry_point.compute_command(given, str(tmp_path)))

@@ -14,8 +14,7 @@ from pipeline.config import load_config
 from pipeline.data import subwords
 from pipeline.store.workdir import stage_dir
 from pipeline.tools.inspection import inspector, replay
-
-from .conftest import lm_overrides, tiny_overrides, write_corpus, write_label_text
+from tests.conftest import lm_overrides, tiny_overrides, write_corpus, write_label_text
 
 TEXTS = ["a great and moving film", "awful , boring & <flat>"]
 

@@ -8,10 +8,9 @@ import pytest
 from pipeline import runner
 from pipeline.config import load_config
 from pipeline.store.workdir import stage_dir
+from tests.conftest import PRESETS_DIR, ROOT
 
-from .conftest import PRESETS_DIR
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = ROOT.parent / "shared" / "data"
 pytestmark = pytest.mark.slow
 
 

@@ -12,8 +12,7 @@ from pipeline.config import load_config
 from pipeline.data.readers import read_tfds
 from pipeline.errors import DataError
 from pipeline.stages import prepare
-
-from .conftest import PRESETS_DIR
+from tests.conftest import PRESETS_DIR
 
 
 def _placed(tmp_path, *names):

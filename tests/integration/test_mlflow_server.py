@@ -22,11 +22,9 @@ import pytest
 from mlflow.entities import Run
 
 from pipeline.config import load_config
+from tests.conftest import ROOT, lm_overrides, tiny_overrides, write_corpus, write_label_text
+from tests.mlflow_servers import MLflowServer, child_env, serve_model
 
-from .conftest import lm_overrides, tiny_overrides, write_corpus, write_label_text
-from .mlflow_servers import MLflowServer, child_env, serve_model
-
-ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENT = "server"
 UNITS = (8, 16)  # one run per value: different settings, so different run names
 REGISTERED_UNITS, SENTIMENT_MODEL, LM_MODEL = 16, "tiny-sentiment", "tiny-lm"
