@@ -25,9 +25,9 @@ lint: install
 test: install lint docs
 	$(BIN)/pytest -q
 
-# The unit tier, for the edit loop: no subprocesses, servers or kill -9 (a few minutes).
+# The unit tier, for the edit loop: no servers, workers, sweeps or kill -9; on two processes.
 test-fast: install
-	$(BIN)/pytest -q -m 'not slow and not integration' tests/unit
+	$(BIN)/pytest -q -n 2 -m 'not slow and not integration' tests/unit
 
 # The documentation site, built strictly: every link and anchor must resolve.
 docs: install

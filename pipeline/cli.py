@@ -17,7 +17,7 @@ import click
 
 from pipeline.config import load_config
 from pipeline.errors import Interrupted, PipelineError
-from pipeline.stages.registry import NAMES, STAGES
+from pipeline.registry import NAMES, STAGES
 
 
 def common_options(command):

@@ -21,10 +21,10 @@ import keras
 import tensorflow as tf
 
 from pipeline import config as config_lib
-from pipeline import models, tracking
+from pipeline import models, registry, tracking
 from pipeline.config import Config
-from pipeline.stages import registry, train
-from pipeline.stages.registry import NAMES
+from pipeline.registry import NAMES
+from pipeline.stages import train
 from pipeline.store import cache
 from pipeline.store.workdir import is_finished, producer, stage_dir
 from pipeline.training import distribute

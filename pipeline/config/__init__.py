@@ -1,4 +1,9 @@
-"""Configuration: the schema, presets and overrides, the checks, derived names."""
+"""Run configuration: frozen dataclasses, YAML presets and `--set key=value` overrides.
+
+A `Config` is built once per command from defaults, then a YAML preset, then overrides, and is
+never mutated afterwards. Every key is checked: an unknown key or a value of the wrong type is a
+`ConfigError` that names the key and, for a typo, the nearest valid key.
+"""
 
 from pipeline.config.loading import (
     check_key,

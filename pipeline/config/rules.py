@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from pipeline import metrics
 from pipeline.config.schema import SYNTHETIC_TASKS, Config, TrainConfig, flatten
 from pipeline.errors import ConfigError
 
@@ -36,9 +37,9 @@ COMBINATIONS: list[tuple[Callable[[Config], bool], Callable[[Config], str]]] = [
     (lambda c: c.model.freeze_embeddings and not c.model.pretrained_embeddings,
      lambda c: "config key model.freeze_embeddings=true would freeze random vectors; set "
                "model.pretrained_embeddings=PATH or model.freeze_embeddings=false"),
-    (lambda c: c.task != "lm" and c.train.monitor in ("val_bits_per_char", "val_perplexity"),
-     lambda c: f"config key train.monitor={c.train.monitor} applies to task lm only; a sentiment model has "
-               f"val_loss and val_accuracy"),
+    (lambda c: c.train.monitor not in metrics.validation_metrics(c.task),
+     lambda c: f"config key train.monitor={c.train.monitor} is not logged for task {c.task}; set it to one of "
+               f"{', '.join(metrics.validation_metrics(c.task))}"),
     (lambda c: c.train.stateful and c.task != "lm",
      lambda c: "config key train.stateful applies to task lm only: a classifier reads each example from a zero "
                "state; set train.stateful=false"),
@@ -125,4 +126,4 @@ def monitor_mode(train: TrainConfig) -> str:
     """`max` or `min`: which way `train.monitor` improves."""
     if train.monitor_mode != "auto":
         return train.monitor_mode
-    return "max" if train.monitor.endswith("accuracy") else "min"
+    return "max" if metrics.higher_is_better(train.monitor) else "min"

@@ -1,4 +1,12 @@
-"""Keras models: builders, custom layers, losses and metrics, cuDNN eligibility, carried states, generation."""
+"""Keras LSTM models for both tasks, and the check that each LSTM can run on cuDNN.
+
+Builders take explicit hyperparameters; `build_model(config, ...)` is the one bridge from a
+`Config`. The recurrent layer is an LSTM unless `cell` asks for a GRU or a SimpleRNN (to compare
+them on the same data). Every LSTM (and GRU) is built with the settings under which Keras 3 on TensorFlow picks the
+fused cuDNN kernel when a GPU is visible: tanh activation, sigmoid recurrent activation,
+`use_bias=True`, `unroll=False` and no recurrent dropout. Inputs use id 0 as padding and are
+right-padded, with BOS first in every row, which is what that kernel demands of a mask.
+"""
 
 from pipeline.models.builders import (
     CELLS,

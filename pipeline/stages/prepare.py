@@ -1,7 +1,7 @@
 """Stage 1, prepare: read the raw source and normalise it, one file per split.
 
 Reads: a tensorflow-datasets split (`data.tfds`) or the user's local files (`data.train`, ...),
-or makes synthetic examples instead (`data.synthetic`, see `pipeline.synthetic`).
+or makes synthetic examples instead (`data.synthetic`, see `pipeline.data.synthetic`).
 Writes to `<workdir>/prepare/`:
   - `train.jsonl`, `validation.jsonl`, `test.jsonl`: one `{"text": ..., "label": id}` per line
     (`label` is absent for `task: lm`);
@@ -23,8 +23,9 @@ import numpy as np
 
 from pipeline.config import Config
 from pipeline.data import synthetic
-from pipeline.data.readers import Examples, read_local, read_tfds
+from pipeline.data.readers import Examples, read_local
 from pipeline.data.splits import SPLITS
+from pipeline.data.tfds_reader import read_tfds
 from pipeline.errors import DataError
 from pipeline.stages.results import Logged
 from pipeline.store.workdir import require_stage, stage_dir, stage_output

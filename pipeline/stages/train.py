@@ -8,14 +8,14 @@ Writes to its own folder, `<workdir>/train/<key>/`:
   - `samples/` (language models): text generated after each epoch.
 Per-epoch train and validation metrics go to MLflow with `step=epoch`.
 
-With `train.stateful` (language models, see `pipeline.stateful`), a copy of the model carries its
+With `train.stateful` (language models, see `pipeline.models.stateful`), a copy of the model carries its
 LSTM states from one window to the next, and validation reads the split in order.
 
-With `train.distribute` (see `pipeline.distribute`), the model and its optimizer are built in
+With `train.distribute` (see `pipeline.training.distribute`), the model and its optimizer are built in
 the strategy's scope and `fit` splits every global batch among the replicas; under
 `multi_worker`, `distribute.fit` drives the same callbacks, and only worker 0 writes.
 
-Training survives being killed: after every epoch a checkpoint (see `pipeline.checkpoints`)
+Training survives being killed: after every epoch a checkpoint (see `pipeline.training.checkpoints`)
 lands in `<workdir>/train/<key>.partial/`, and the same command later continues from the last
 finished epoch, in the same MLflow run.
 """

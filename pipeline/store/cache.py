@@ -28,7 +28,7 @@ from typing import Any
 
 from pipeline import config as config_lib
 from pipeline.config import Config
-from pipeline.stages.registry import STAGES
+from pipeline.registry import STAGES
 
 KEY_LENGTH = 12
 PACKAGE = "pipeline"

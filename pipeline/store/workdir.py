@@ -1,7 +1,7 @@
 """Where each stage reads and writes, and how a stage's output appears all at once.
 
 The work directory holds one folder per stage and key: `<workdir>/<stage>/<key>/`, the key
-coming from `pipeline.cache` (a hash of everything the output depends on). A stage writes into
+coming from `pipeline.store.cache` (a hash of everything the output depends on). A stage writes into
 a hidden temporary sibling and renames it into place only when it has finished, so a crash or a
 bad input never leaves a folder that looks complete. The `DONE` file, written last, records
 which MLflow run produced the folder.

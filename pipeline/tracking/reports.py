@@ -7,19 +7,13 @@ from typing import Any
 
 import mlflow
 
+from pipeline import metrics
 from pipeline.errors import TrackingError
 from pipeline.tracking.client import DEFAULT_EXPERIMENT
 
 # Columns of `pipeline compare`: what tells runs apart, then what they scored.
 COMPARE_PARAMS = ("task", "data.tfds", "tokenizer.model_type", "tokenizer.vocab_size", "model.layers",
                   "model.units", "model.bidirectional", "model.ensemble", "train.epochs", "train.seed")
-
-
-COMPARE_METRICS = ("test_accuracy", "test_macro_f1", "test_auc", "test_loss", "test_perplexity",
-                   "test_bits_per_char")
-
-
-LOWER_IS_BETTER = ("loss", "perplexity", "bits_per_char")
 
 
 def compare_runs(experiment: str | None, metric: str) -> list[dict[str, Any]]:
@@ -41,9 +35,9 @@ def compare_runs(experiment: str | None, metric: str) -> list[dict[str, Any]]:
             continue
         row = {"run": run.info.run_name, "status": run.info.status}
         row.update({key: run.data.params.get(key, "") for key in COMPARE_PARAMS})
-        row.update({key: run.data.metrics.get(key) for key in (*COMPARE_METRICS, metric)})
+        row.update({key: run.data.metrics.get(key) for key in (*metrics.test_metrics(), metric)})
         rows.append(row)
-    descending = not metric.endswith(LOWER_IS_BETTER)
+    descending = metrics.higher_is_better(metric)
     rows.sort(key=lambda r: (r[metric] is None, -(r[metric] or 0) if descending else (r[metric] or 0)))
     return rows
 

@@ -135,7 +135,7 @@ def test_export_generates_the_same_text_in_a_fresh_process(lm_run):
     expected = generation.generate_text(generator, sp, ["ROMEO:", ""], max_tokens=15, temperature=0.9, top_k=5, seed=4)
     script = (
         "import json, sys\n"
-        "from pipeline import predict\n"
+        "from pipeline.tools import predict\n"
         "texts, _ = predict.generate(sys.argv[1], ['ROMEO:', ''], max_tokens=15, temperature=0.9, top_k=5, seed=4)\n"
         "import tensorflow as tf\n"
         "model, _ = predict.load(sys.argv[1], 'lm')\n"

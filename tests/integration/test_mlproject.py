@@ -8,7 +8,7 @@ from pathlib import Path
 import mlflow
 
 from pipeline.config import dump_yaml, load_config
-from pipeline.stages.registry import NAMES
+from pipeline.registry import NAMES
 from tests.conftest import ROOT, tiny_overrides
 
 

@@ -23,8 +23,8 @@ import pytest
 from pipeline import models, runner, tracking
 from pipeline.config import load_config
 from pipeline.errors import TrainingError
+from pipeline.registry import NAMES as STAGES
 from pipeline.stages import prepare, tokenization, train
-from pipeline.store.cache import STAGES
 from pipeline.store.workdir import stage_dir
 from pipeline.training import batches, callbacks
 from tests.conftest import lm_overrides, tiny_overrides, write_corpus, write_label_text

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from pipeline.cli import main
 from pipeline.config import load_config
-from pipeline.stages.registry import NAMES
+from pipeline.registry import NAMES
 from pipeline.store.workdir import is_finished, stage_dir
 from tests.conftest import tiny_overrides
 

@@ -10,10 +10,10 @@ Writes `<workdir>/inspect/<train key>/` and logs it to the config's MLflow run u
   - over the validation split, `saturation.json|png` (per layer and gate, the share of steps below
     0.1 and above 0.9) and `correlated_units.json|png` (the units whose cell state follows the label
     or the position), also logged as metrics;
-  - `gradient_flow.json|png`, the gradient's norm against distance (see `pipeline.gradient_flow`);
+  - `gradient_flow.json|png`, the gradient's norm against distance (see `pipeline.tools.inspection.gradient_flow`);
   - with `compare_cells`, `compare_cells.json|png`: the same curve for an LSTM, a GRU and a simple
     RNN trained on the same data through the normal, cached stages.
-Gates and cell states need an LSTM (`pipeline.replay`); for `model.cell` gru or simple_rnn only the
+Gates and cell states need an LSTM (`pipeline.tools.inspection.replay`); for `model.cell` gru or simple_rnn only the
 predictions and the gradient flow are written.
 """
 
@@ -303,7 +303,7 @@ def _train_every_cell(config: Config, workdir: str | Path) -> dict[str, tuple[Pa
 def _headline(metrics: dict[str, float]) -> str:
     """The figure a legend shows: the test accuracy or bits per character, or with no test split
     the validation one that evaluate scored instead (named so)."""
-    for key in ("test_accuracy", "test_bits_per_char", "val_accuracy", "val_bits_per_char"):
+    for key in [metrics.headline(task, split) for split in ("test", "val") for task in metrics.HEADLINE]:
         if key in metrics:
             return f"{key}={metrics[key]:.3f}"
     return ""

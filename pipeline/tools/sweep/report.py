@@ -14,9 +14,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from pipeline import config as config_lib
-from pipeline import tracking
+from pipeline import metrics, tracking
 from pipeline.config import Config
-from pipeline.tools.sweep.space import TEST_METRIC, Space
+from pipeline.tools.sweep.space import Space
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def trial_rows(trials: list[FrozenTrial], space: Space, task: str) -> list[dict[
         value = trial.value if trial.state == TrialState.COMPLETE and trial.value is not None else 0.0
         return order.get(trial.state, 3), sign * value, trial.number
 
-    test_metric = TEST_METRIC[task]
+    test_metric = metrics.headline(task)
     rows = []
     for trial in sorted(trials, key=rank):
         row: dict[str, Any] = {"trial": trial.number, "state": trial.state.name}

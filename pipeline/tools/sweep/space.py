@@ -10,19 +10,9 @@ from typing import Any
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from pipeline import config as config_lib
-from pipeline import tracking
+from pipeline import metrics
 from pipeline.config import Config
 from pipeline.errors import ConfigError
-
-# What train.py logs after every epoch, by task (a language model's perplexity and bits per
-# character come from its BitsPerCharacter callback).
-VALIDATION_METRICS = {"sentiment": ("val_loss", "val_accuracy"),
-                      "lm": ("val_loss", "val_accuracy", "val_perplexity", "val_bits_per_char")}
-
-
-# The test metric the trials table shows beside the objective.
-TEST_METRIC = {"sentiment": "test_accuracy", "lm": "test_bits_per_char"}
-
 
 # The options a space file may give each sampler and pruner, and the Optuna argument each sets.
 SAMPLERS = {"tpe": {"startup_trials": "n_startup_trials"}, "random": {}, "grid": {}}
@@ -74,13 +64,13 @@ def _objective(path: Path, spec: Any, task: str) -> tuple[str, str]:
         raise ConfigError(f"{path}: objective must name a metric, "
                           "e.g. objective: {metric: val_accuracy, direction: maximize}")
     _check_names(path, "objective key", spec, ("metric", "direction"))
-    metric, logged = str(spec["metric"]), ", ".join(VALIDATION_METRICS[task])
+    metric, logged = str(spec["metric"]), ", ".join(metrics.validation_metrics(task))
     if metric.startswith("test_"):
         raise ConfigError(f"{path}: objective {metric} is a test metric; a sweep selects on validation "
                           f"metrics, or the test set stops being a test: use one of {logged}")
-    if metric not in VALIDATION_METRICS[task]:
+    if metric not in metrics.validation_metrics(task):
         raise ConfigError(f"{path}: objective {metric} is never logged for task {task}; use one of {logged}")
-    lower = metric.endswith(tracking.LOWER_IS_BETTER)
+    lower = not metrics.higher_is_better(metric)
     best = "minimize" if lower else "maximize"
     direction = spec.get("direction", best)
     if direction not in ("maximize", "minimize"):

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import logging
 import math
 import re
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,33 @@ from pipeline.training.distribute.cluster import NothingToTrain, is_chief, needs
 # Waiting for a slower worker to finish its data preparation has no time limit: a worker whose
 # process is gone is caught by TensorFlow's health check (within about a minute) instead.
 _PATIENT = 24 * 3600
+
+
+@dataclass(frozen=True)
+class StartMessage:
+    """What the chief tells every worker before a training, sent as one float64 vector, field by field:
+    whether there is anything to train, where to resume (epoch and early stopping's counters), and a
+    digest of the chief's training tokens, which every worker compares with its own."""
+
+    training: bool
+    resumed: bool = False
+    epoch: int = 0
+    stopped: bool = False
+    wait: int = 0
+    best: float | None = None  # sent as NaN when there is no best value yet
+    best_epoch: int = 0
+    digest: float = 0.0
+
+    def vector(self) -> np.ndarray:
+        return np.asarray([math.nan if v is None else float(v) for v in dataclasses.astuple(self)], np.float64)
+
+    @classmethod
+    def from_vector(cls, vector: np.ndarray) -> StartMessage:
+        values = dict(zip((f.name for f in dataclasses.fields(cls)), vector.tolist(), strict=True))
+        return cls(training=bool(values["training"]), resumed=bool(values["resumed"]), epoch=int(values["epoch"]),
+                   stopped=bool(values["stopped"]), wait=int(values["wait"]),
+                   best=None if math.isnan(values["best"]) else values["best"], best_epoch=int(values["best_epoch"]),
+                   digest=values["digest"])
 
 
 def resume_point(strategy: tf.distribute.Strategy, latest, tokenized: Path):
@@ -42,37 +71,35 @@ def resume_point(strategy: tf.distribute.Strategy, latest, tokenized: Path):
 
     digest = float(zlib.crc32(np.ascontiguousarray(load_split(tokenized, "train")["ids"]).tobytes()))
     saved = latest.state["early_stopping"] if latest else {}
-    best = saved.get("best")
-    chief = _start_message(strategy, [True, latest is not None, latest.epoch if latest else 0,
-                                      bool(saved.get("stopped")), saved.get("wait", 0),
-                                      math.nan if best is None else best, saved.get("best_epoch", 0), digest])
-    training, resumed, epoch, stopped, wait, best, best_epoch, chief_digest = chief
-    if not training:
+    mine = StartMessage(training=True, resumed=latest is not None, epoch=latest.epoch if latest else 0,
+                        stopped=bool(saved.get("stopped")), wait=saved.get("wait", 0), best=saved.get("best"),
+                        best_epoch=saved.get("best_epoch", 0), digest=digest)
+    chief = _start_message(strategy, mine)
+    if not chief.training:
         raise NothingToTrain()
     with collectives("before training"):
-        differ = _sum_over_workers(strategy, float(chief_digest != digest))
+        differ = _sum_over_workers(strategy, float(chief.digest != digest))
     if differ:
         raise TrainingError(f"{int(differ)} worker(s) tokenized the training split differently from worker 0; "
                             "give every worker the same data and config (and the same package versions)")
-    if is_chief(strategy) or not resumed:
+    if is_chief(strategy) or not chief.resumed:
         return latest
-    state = {"epoch": int(epoch), "early_stopping": {"stopped": bool(stopped), "wait": int(wait),
-                                                     "best": None if math.isnan(best) else float(best),
-                                                     "best_epoch": int(best_epoch)}}
-    return Checkpoint(None, int(epoch), {}, state)
+    state = {"epoch": chief.epoch, "early_stopping": {"stopped": chief.stopped, "wait": chief.wait,
+                                                      "best": chief.best, "best_epoch": chief.best_epoch}}
+    return Checkpoint(None, chief.epoch, {}, state)
 
 
 def skip_training(strategy: tf.distribute.Strategy) -> None:
     """On the chief, when this training's output exists already: tell the other workers, which
     wait in `resume_point`, that there is nothing to train."""
     if needs_own_loop(strategy):
-        _start_message(strategy, [False] + [0] * 7)
+        _start_message(strategy, StartMessage(training=False))
 
 
-def _start_message(strategy: tf.distribute.Strategy, values: list) -> np.ndarray:
-    """The chief's `values` on every worker: the first collective of a training."""
+def _start_message(strategy: tf.distribute.Strategy, message: StartMessage) -> StartMessage:
+    """The chief's `message` on every worker: the first collective of a training."""
     with collectives("before training"):
-        return _from_chief(strategy, [tf.constant(np.asarray(values, np.float64))])[0].numpy()
+        return StartMessage.from_vector(_from_chief(strategy, [tf.constant(message.vector())])[0].numpy())
 
 
 @contextlib.contextmanager

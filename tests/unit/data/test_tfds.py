@@ -9,7 +9,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from pipeline.config import load_config
-from pipeline.data.readers import read_tfds
+from pipeline.data.tfds_reader import read_tfds
 from pipeline.errors import DataError
 from pipeline.stages import prepare
 from tests.conftest import PRESETS_DIR

@@ -9,8 +9,8 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.data import subwords
+from pipeline.registry import NAMES
 from pipeline.stages import tokenization
-from pipeline.stages.registry import NAMES
 from pipeline.store import cache
 from pipeline.store.workdir import atomic_output, stage_dir
 from tests.conftest import tiny_overrides

@@ -167,7 +167,8 @@ def test_monitor_picks_the_direction_and_the_kept_epoch():
     assert train._summarise(history, None, "generic", by_accuracy).best_epoch == 1
     flipped = load_config(None, ["train.monitor=val_loss", "train.monitor_mode=max"])
     assert train._summarise(history, None, "generic", flipped).best_epoch == 2
-    with pytest.raises(ConfigError, match="train.monitor=val_bits_per_char applies to task lm only"):
+    with pytest.raises(ConfigError, match="train.monitor=val_bits_per_char is not logged for task sentiment; "
+                                          "set it to one of val_loss, val_accuracy"):
         load_config(None, ["train.monitor=val_bits_per_char"])
 
 
