@@ -21,9 +21,11 @@ run: install
 lint: install
 	$(BIN)/ruff check pipeline tests benchmarks
 
-# The full suite, as CI runs it.
+# The full suite, as CI runs it: the unit tier on both cores, then the integration tier (servers,
+# workers, kill -9) alone, so its timings and ports are not contended.
 test: install lint docs
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 tests/unit
+	$(BIN)/pytest -q tests/integration
 
 # The unit tier, for the edit loop: no servers, workers, sweeps or kill -9; on two processes.
 test-fast: install
