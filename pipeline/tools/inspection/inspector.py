@@ -28,6 +28,7 @@ import keras
 import numpy as np
 
 from pipeline import config as config_lib
+from pipeline import metrics as metric_table
 from pipeline import models, tracking
 from pipeline.config import Config
 from pipeline.data import inputs, subwords
@@ -303,7 +304,7 @@ def _train_every_cell(config: Config, workdir: str | Path) -> dict[str, tuple[Pa
 def _headline(metrics: dict[str, float]) -> str:
     """The figure a legend shows: the test accuracy or bits per character, or with no test split
     the validation one that evaluate scored instead (named so)."""
-    for key in [metrics.headline(task, split) for split in ("test", "val") for task in metrics.HEADLINE]:
+    for key in [metric_table.headline(task, split) for split in ("test", "val") for task in metric_table.HEADLINE]:
         if key in metrics:
             return f"{key}={metrics[key]:.3f}"
     return ""
